@@ -1,0 +1,1 @@
+"""mycelium node agent and operator CLI: identity, signed state, spores, reconcile."""
