@@ -130,3 +130,20 @@ class DesiredState:
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """One node's share of the placement, as committed by the Raft leader.
+
+    Produced by agent/placement.py, consumed by agent/plan.py. `k3s_role` is None on hyphae
+    and on nodes whose runtime is podman.
+    """
+
+    node: str
+    k3s_role: Literal["server", "agent"] | None = None
+    k3s_server_url: str = ""  # https://HOST:6443 of a sclerotium, for agents
+    endomycetes: tuple[str, ...] = ()  # services this node runs (podman) or may host (k3s)
+    endophytes_primary: tuple[str, ...] = ()  # VMs this node runs
+    endophytes_backup: tuple[str, ...] = ()  # VMs whose memory this node receives
+    placement_version: int = 0
