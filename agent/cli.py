@@ -14,6 +14,7 @@ import sys
 from agent.errors import MyceliumError
 
 COMMAND_MODULES: list[str] = [
+    "agent.cli_identity",
 ]
 
 
