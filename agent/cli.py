@@ -15,6 +15,8 @@ from agent.errors import MyceliumError
 
 COMMAND_MODULES: list[str] = [
     "agent.cli_identity",
+    "agent.cli_node",
+    "agent.cli_cluster",
 ]
 
 

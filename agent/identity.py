@@ -49,12 +49,14 @@ def init_network(path: Path, name: str, root_keys: int = 1, threshold: int = 1,
     for k in keys:
         k.save(net.keys_dir / f"root-{k.keyid[:12]}.key")
     root = new_root(name, keys, threshold, now_utc() + ROOT_TTL)
-    root_doc = sign_document(root.to_dict(), keys)
-    _write_root(net, root, root_doc)
-
     ca_key, ca_crt = pki.create_ca(name, root.network_id)
     atomic_write(net.ca_key, ca_key, PRIVATE)
     atomic_write(net.ca_crt, ca_crt)
+    # The root vouches for the CA: a joiner checks the CA it is shown against this hash,
+    # so enrolment needs no trust on first use.
+    root = replace(root, extra={"ca_sha256": pki.fingerprint(ca_crt)})
+    root_doc = sign_document(root.to_dict(), keys)
+    _write_root(net, root, root_doc)
     op_key = pki.new_private_key()
     csr = pki.make_csr(op_key, "operator")
     op_crt = pki.issue_certificate(ca_key, ca_crt, csr, node_name="operator", role="hypha",
@@ -89,8 +91,8 @@ def rotate_root(net: NetworkDir, root_keys: int = 1, threshold: int = 1) -> Root
                     version=old.version + 1, network_id=old.network_id)
     # Delegated admin keys carry over; only the root role changes hands.
     admin = old.role("admin").keyids
-    root = replace(root, roles={**{n: r for n, r in old.roles.items() if n != "root"},
-                                **root.roles},
+    roles = {**{n: r for n, r in old.roles.items() if n != "root"}, **root.roles}
+    root = replace(root, extra=old.extra, roles=roles,
                    keys={**{k: v for k, v in old.keys.items() if k in admin}, **root.keys})
     doc = sign_document(root.to_dict(), old_keys[:old.role("root").threshold] + keys)
     for k in keys:

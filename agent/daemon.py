@@ -1,0 +1,278 @@
+"""The node agent: enrolment, the mutual-TLS API, the Latent spore, accepting states.
+
+`Agent` is an async context manager that owns its servers and tasks; `run_agent` wires
+it with an AsyncExitStack and stops cleanly on SIGTERM/SIGINT. A state is accepted from
+any source (push, gossip pull, seed spore) only through `accept_envelope`, which applies
+the trust rules and persists crash-safely before anything else sees the new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from agent import api
+from agent.client import client_context
+from agent.desired import DesiredState
+from agent.enroll import EnrolService, enrol, enrol_port, enrol_server_context, split_addr
+from agent.envelope import Envelope
+from agent.errors import ConfigError, DataError, MyceliumError, PeerError, TransportError
+from agent.events import EventLog
+from agent.nodedir import NodeDir, NodeIdentity
+from agent.signed import SignedDocument, now_utc
+from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
+
+log = logging.getLogger("mycelium")
+READY = "mycelium agent ready"
+
+
+def server_context(node: NodeDir) -> ssl.SSLContext:
+    """Mutual TLS: a client certificate from this network's CA, or no connection at all."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(node.crt, node.key)
+    ctx.load_verify_locations(cafile=str(node.ca_crt))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def read_source(src: str, cap: int = 2 << 20, timeout: float = 10.0) -> bytes:
+    """A seed spore from a path or an http(s) URL, size-capped."""
+    if src.startswith(("http://", "https://")):
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+                async with s.get(src) as r:
+                    if r.status != 200:
+                        raise PeerError(f"{src} answered HTTP {r.status}")
+                    data = await r.content.read(cap + 1)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise PeerError(f"cannot fetch {src}: {e or type(e).__name__}") from e
+    else:
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise TransportError(f"cannot read seed spore {src}: {e.strerror}") from e
+    if len(data) > cap:
+        raise DataError(f"seed spore {src} is over {cap} bytes")
+    return data
+
+
+async def ensure_enrolled(node: NodeDir, listen: str, advertise: str | None,
+                          seed_spore: str | None, token: str | None, name: str,
+                          join: list[str]) -> NodeIdentity:
+    """A node with a certificate rejoins as itself; a fresh one needs a token."""
+    if node.enrolled():
+        ident = node.identity()
+        want = advertise or listen
+        if ident.listen != want:
+            ident = NodeIdentity(ident.name, ident.role, ident.network_id, want)
+            node.write_identity(ident)
+        return ident
+    if not token:
+        raise ConfigError(f"{node.path} is not enrolled yet: pass --token (from `mycelium "
+                          "token create`) and --seed-spore or --join")
+    if not seed_spore:
+        raise ConfigError("a fresh node needs --seed-spore PATH|URL to learn the network's "
+                          "identity")
+    from agent.enroll import trust_from_token
+
+    spore, root, chain = trust_from_token(await read_source(seed_spore), token)
+    host, _ = split_addr(advertise or listen)
+    peers = list(dict.fromkeys(join + list(spore.bootstrap)))
+    node.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return await enrol(node, root, chain, token, name, advertise or listen, [host], peers)
+
+
+class Agent:
+    def __init__(self, node: NodeDir, ident: NodeIdentity, listen: str,
+                 join: list[str] | None = None, gossip_interval: float | None = None) -> None:
+        self.node = node
+        self.identity = ident
+        self.listen = listen
+        self.join_peers = join or []
+        self.events = EventLog()
+        self.root = node.root()
+        self.ca_pem = node.ca_crt.read_bytes()
+        self.state: DesiredState | None = None
+        self.held_version = node.store.version()
+        self.held_sha256 = ""
+        self.revoked: set[str] = set()
+        self.status: dict[str, Any] = {"applied_version": 0, "health": "waiting"}
+        self.counters = {"refused_envelopes": 0}
+        self._lock = asyncio.Lock()
+        self._stack = AsyncExitStack()
+        self._gossip_interval = gossip_interval
+        self.peer_ssl = client_context(node.crt, node.key, node.ca_crt)
+        self.latent: Any = None
+        self._load_held()
+
+    def _load_held(self) -> None:
+        data = self.node.store.envelope()
+        if data is None:
+            return
+        try:
+            env = Envelope.from_dict(SignedDocument.from_bytes(data, "held envelope",
+                                                               MAX_ENVELOPE_BYTES).signed)
+            self._adopt(env)
+        except MyceliumError as e:
+            self.events.add("error", f"held envelope unreadable ({e}); waiting for a new one")
+
+    def _adopt(self, env: Envelope) -> None:
+        from agent.schema import parse_state
+
+        self.state = parse_state(env.payload, f"state v{env.version}")
+        self.held_version = env.version
+        self.held_sha256 = env.sha256
+        self.revoked = set(self.state.revoked)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Agent:
+        await self._stack.__aenter__()
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.__aexit__(*sys.exc_info())
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._stack.__aexit__(*exc)
+
+    async def _start(self) -> None:
+        from agent.pki import revocation_middleware
+
+        app = web.Application(client_max_size=MAX_ENVELOPE_BYTES + 1024,
+                              middlewares=[revocation_middleware(lambda: self.revoked,
+                                                                 self.ca_pem)])
+        app.add_routes(api.routes(self))
+        self.latent = await self._stack.enter_async_context(self._make_latent(app))
+        host, port = split_addr(self.listen)
+        await self._serve(app, host, port, server_context(self.node))
+        if self.node.ca_key.exists():
+            svc = EnrolService(self.node, self.node.root_chain(), self.peer_addresses)
+            ehost, eport = split_addr(enrol_port(self.listen))
+            await self._serve(svc.app(), ehost, eport, enrol_server_context(self.node))
+        await self.latent.join(self.join_peers + self.node.peers())
+        self.events.add("start", f"{self.identity.name} ({self.identity.role}) listening on "
+                        f"{self.listen}, state v{self.held_version}")
+
+    async def _serve(self, app: web.Application, host: str, port: int,
+                     ctx: ssl.SSLContext) -> None:
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port, ssl_context=ctx, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; pick another "
+                              "--listen") from e
+
+    def _make_latent(self, app: web.Application) -> Any:
+        from agent.latent_glue import make_latent
+
+        return make_latent(self, app)
+
+    # --- state ------------------------------------------------------------------------
+
+    async def accept_envelope(self, data: bytes, source: str) -> Envelope:
+        """The only way a state enters the node: verify, parse, persist, then announce."""
+        async with self._lock:
+            try:
+                env = verify_envelope(data, self.root, self.held_version, now_utc())
+                from agent.schema import parse_state
+
+                parse_state(env.payload, f"state v{env.version}")  # refuse before storing
+            except DataError as e:
+                self.counters["refused_envelopes"] += 1
+                self.events.add("refused", f"state from {source}: {e}")
+                raise
+            self.node.store.record(env.version, data)
+            self._adopt(env)
+            self.events.add("state", f"accepted state v{env.version} from {source}",
+                            version=env.version)
+        self.on_new_state()
+        return env
+
+    def on_new_state(self) -> None:
+        """Hook for the reconcile loop and gossip meta refresh."""
+        if self.latent is not None:
+            self.latent.refresh()
+
+    async def pull_envelope(self, addr: str, version: int) -> None:
+        if version <= self.held_version:
+            return
+        url = f"https://{addr}{api.API}/envelope"
+        try:
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                async with s.get(url, ssl=self.peer_ssl) as r:
+                    if r.status != 200:
+                        return
+                    data = await r.content.read(MAX_ENVELOPE_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as e:
+            log.debug("pull from %s failed: %s", addr, e)
+            return
+        try:
+            await self.accept_envelope(data, source=f"gossip from {addr}")
+        except DataError:
+            pass  # counted and logged by accept_envelope
+
+    # --- views for the API ------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {"role": self.identity.role, "version": self.held_version,
+                "sha256": self.held_sha256, "status": self.status}
+
+    def node_info(self) -> dict[str, Any]:
+        from agent.pki import fingerprint
+
+        return {"name": self.identity.name, "role": self.identity.role,
+                "network_id": self.identity.network_id, "listen": self.listen,
+                "version": self.held_version, "sha256": self.held_sha256,
+                "fingerprint": fingerprint(self.node.crt.read_bytes()),
+                "status": self.status, "counters": self.counters}
+
+    def members(self) -> list[dict[str, Any]]:
+        return self.latent.members() if self.latent else []
+
+    def peer_addresses(self) -> list[str]:
+        return [m["addr"] for m in self.members() if m.get("state") == "alive"]
+
+    def convergence(self) -> dict[str, Any]:
+        return {m["name"]: {"version": m.get("version"), "state": m.get("state"),
+                            **(m.get("status") or {})} for m in self.members()}
+
+    def share_info(self) -> dict[str, Any]:
+        return {"node": self.identity.name, "share": None}
+
+
+async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_spore: str | None,
+                    token: str | None, name: str, join: list[str], log_level: str = "INFO") -> int:
+    logging.basicConfig(stream=sys.stdout, level=getattr(logging, log_level.upper(), 20),
+                        format="%(asctime)s %(levelname)s %(message)s")
+    node = NodeDir(Path(data_dir))
+    ident = await ensure_enrolled(node, listen, advertise, seed_spore, token, name, join)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(node, ident, listen, join) as agent:
+        print(f"{READY}: {ident.name} ({ident.role}) on {advertise or listen}, "
+              f"state v{agent.held_version}", flush=True)
+        t0 = time.monotonic()
+        await stop.wait()
+        await agent.latent.leave()
+        log.info("stopping after %.0f s", time.monotonic() - t0)
+    return 0
