@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from agent.errors import ConfigError, TransportError
-from agent.identity import init_network, rotate_root, sign_state
 from agent.netdir import find_network
 from agent.signed import now_utc, parse_duration
 from agent.statefile import VersionStore, atomic_write
@@ -87,6 +86,8 @@ def _read(path: str, what: str) -> bytes:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from agent.identity import init_network
+
     path = Path(args.dir or args.network_name)
     net = init_network(path, args.network_name, args.root_keys, args.threshold)
     root = net.root()
@@ -101,6 +102,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    from agent.identity import rotate_root
+
     net = find_network(args.network)
     root = rotate_root(net, args.root_keys, args.threshold)
     print(f"root version {root.version}: {len(root.role('root').keyids)} key(s), threshold "
@@ -109,6 +112,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from agent.identity import sign_state
     from agent.schema import parse_state
 
     net = find_network(args.network)
