@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli_identity",
     "agent.cli_node",
     "agent.cli_cluster",
+    "agent.cli_state",
 ]
 
 

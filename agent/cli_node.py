@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = a.add_parser("run", help="run the node agent (joins first if given a token)")
     _node_args(r)
     r.add_argument("--log-level", default="INFO")
+    r.add_argument("--gossip-interval", type=float, default=None,
+                   help="seconds between gossip rounds (default: network.yaml's, else 0.2)")
     r.set_defaults(func=cmd_agent_run)
 
     p = sub.add_parser("join", help="enrol this node (get a certificate) and exit")
@@ -85,7 +87,8 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_agent(args.data_dir, args.listen, advertise=args.advertise,
                                  seed_spore=args.seed_spore, token=_token(args.token),
                                  name=args.name or socket.gethostname(), join=args.join,
-                                 log_level=args.log_level))
+                                 log_level=args.log_level,
+                                 gossip_interval=args.gossip_interval))
 
 
 def cmd_join(args: argparse.Namespace) -> int:

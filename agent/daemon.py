@@ -259,7 +259,8 @@ class Agent:
 
 
 async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_spore: str | None,
-                    token: str | None, name: str, join: list[str], log_level: str = "INFO") -> int:
+                    token: str | None, name: str, join: list[str], log_level: str = "INFO",
+                    gossip_interval: float | None = None) -> int:
     logging.basicConfig(stream=sys.stdout, level=getattr(logging, log_level.upper(), 20),
                         format="%(asctime)s %(levelname)s %(message)s")
     node = NodeDir(Path(data_dir))
@@ -268,7 +269,7 @@ async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_s
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Agent(node, ident, listen, join) as agent:
+    async with Agent(node, ident, listen, join, gossip_interval) as agent:
         print(f"{READY}: {ident.name} ({ident.role}) on {advertise or listen}, "
               f"state v{agent.held_version}", flush=True)
         t0 = time.monotonic()

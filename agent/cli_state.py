@@ -1,0 +1,69 @@
+"""`mycelium validate` and `mycelium deploy`: checking and editing network.yaml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.errors import SchemaError, TransportError
+from agent.statefile import atomic_write
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check network.yaml against schema v1")
+    p.add_argument("file", help="network.yaml to check")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("deploy", help="add or update a containerised service (endomycete) "
+                       "in network.yaml, keeping comments")
+    p.add_argument("--image", required=True, help="container image, e.g. nginx")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--name", help="service name (default: from the image)")
+    p.add_argument("--file", help="network.yaml (default: the network's own)")
+    p.add_argument("--push", action="store_true", help="then sign and push it (mycelium push)")
+    p.add_argument("--to", help="nodes for --push, HOST:PORT[,...]")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--network", metavar="DIR")
+    p.set_defaults(func=cmd_deploy)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TransportError(f"cannot read {path}: {e.strerror}") from e
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.schema import parse_state
+
+    try:
+        state = parse_state(_read(Path(args.file)), args.file)
+    except SchemaError as e:
+        for p in e.problems:
+            print(p)
+        return 1
+    print(f"{args.file}: ok ({len(state.nodes)} nodes, "
+          f"{len(state.endomycetes) + len(state.endophytes)} services)")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from agent.edit import add_endomycete, service_name
+
+    if args.file:
+        path = Path(args.file)
+    else:
+        from agent.netdir import find_network
+
+        path = find_network(args.network).network_yaml
+    name = args.name or service_name(args.image)
+    out = add_endomycete(_read(path), name, args.image, args.replicas)
+    atomic_write(path, out)  # a crash leaves the old file or the new one, never half
+    print(f"{path}: service {name!r} = {args.image} x{args.replicas}")
+    if args.push:
+        from agent.cli_node import cmd_push
+
+        args.file = str(path)
+        return cmd_push(args)
+    return 0
