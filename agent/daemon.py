@@ -28,8 +28,10 @@ from agent.enroll import EnrolService, enrol, enrol_port, enrol_server_context, 
 from agent.envelope import Envelope
 from agent.errors import ConfigError, DataError, MyceliumError, PeerError, TransportError
 from agent.events import EventLog
+from agent.gossip import HttpTransport, LatentSpore, http_routes
 from agent.nodedir import NodeDir, NodeIdentity
 from agent.signed import SignedDocument, now_utc
+from agent.swim import Event
 from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
 
 log = logging.getLogger("mycelium")
@@ -113,7 +115,8 @@ class Agent:
         self._stack = AsyncExitStack()
         self._gossip_interval = gossip_interval
         self.peer_ssl = client_context(node.crt, node.key, node.ca_crt)
-        self.latent: Any = None
+        self.latent: LatentSpore | None = None
+        self._pulling: asyncio.Task | None = None
         self._load_held()
 
     def _load_held(self) -> None:
@@ -179,10 +182,33 @@ class Agent:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; pick another "
                               "--listen") from e
 
-    def _make_latent(self, app: web.Application) -> Any:
-        from agent.latent_glue import make_latent
+    def _make_latent(self, app: web.Application) -> LatentSpore:
+        interval = self._gossip_interval
+        fanout = 3
+        if self.state is not None:
+            interval = interval or self.state.spores.latent.interval_ms / 1000
+            fanout = self.state.spores.latent.fanout
+        latent = LatentSpore(self.identity.name, self.listen, HttpTransport(self.peer_ssl),
+                             interval=interval or 0.2, fanout=fanout, get_meta=self.meta,
+                             on_event=self._on_gossip_event, on_merge=self._after_merge)
+        app.add_routes(http_routes(lambda: self.latent))
+        return latent
 
-        return make_latent(self, app)
+    def _on_gossip_event(self, e: Event) -> None:
+        if e.kind != "meta":
+            self.events.add(e.kind, f"{e.name}: {e.kind} {e.detail}".strip())
+        if e.kind in ("joined", "alive"):
+            self.node.save_peers(self.peer_addresses())
+
+    def _after_merge(self) -> None:
+        """A peer holds a newer state: pull it from that peer (one pull at a time)."""
+        if self._pulling is not None and not self._pulling.done():
+            return
+        best = max((m for m in self.members() if m.get("state") == "alive"),
+                   key=lambda m: m.get("version") or 0, default=None)
+        if best and (best.get("version") or 0) > self.held_version:
+            self._pulling = asyncio.create_task(self.pull_envelope(best["addr"],
+                                                                   best["version"]))
 
     # --- state ------------------------------------------------------------------------
 
@@ -209,6 +235,13 @@ class Agent:
         """Hook for the reconcile loop and gossip meta refresh."""
         if self.latent is not None:
             self.latent.refresh()
+            asyncio.get_running_loop().create_task(self._announce())
+
+    async def _announce(self) -> None:
+        """Push the new version to a few peers now rather than at the next round."""
+        if self.latent is not None:
+            await self.latent.join([m["addr"] for m in self.members()
+                                    if m.get("state") == "alive"][:8])
 
     async def pull_envelope(self, addr: str, version: int) -> None:
         if version <= self.held_version:

@@ -1,0 +1,116 @@
+"""Five real agent processes on loopback: enrol with tokens, converge after a push,
+survive SIGKILL of one node, refuse a replayed old envelope."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cli_node import operator_hypha
+from agent.cluster import Cluster, cluster_down, cluster_up, kill_node, restart_node, wait_ready
+from agent.identity import sign_state
+from agent.netdir import NetworkDir
+
+GOSSIP = ["--gossip-interval", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cluster") / "c"
+    c = cluster_up(d, 5, sclerotia=1, extra_args=GOSSIP, progress=lambda _: None)
+    yield c
+    cluster_down(d)
+
+
+def api(c: Cluster, path: str, addr: str | None = None):
+    async def go():
+        async with operator_hypha(NetworkDir(c.network), c.addresses()) as h:
+            return await h.get(path, addr)
+
+    return asyncio.run(go())
+
+
+def post_envelope(c: Cluster, data: bytes, addr: str):
+    async def go():
+        async with operator_hypha(NetworkDir(c.network), [addr]) as h:
+            return await h.call("POST", "/api/v1/envelope", data)
+
+    return asyncio.run(go())
+
+
+def wait_for(pred, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def states(c: Cluster, addr: str) -> dict[str, str]:
+    return {m["name"]: m["state"] for m in api(c, "/api/v1/members", addr)}
+
+
+def versions(c: Cluster) -> dict[str, int]:
+    return {n.name: api(c, "/api/v1/state", n.addr)["version"] for n in c.nodes}
+
+
+def test_all_enrolled_with_certificates_and_see_each_other(cluster: Cluster):
+    for n in cluster.nodes:
+        assert (Path(n.data_dir) / "node.crt").exists()
+        info = api(cluster, "/api/v1/node", n.addr)
+        assert info["name"] == n.name and info["role"] == n.role
+    names = {n.name for n in cluster.nodes}
+    for n in cluster.nodes:
+        wait_for(lambda n=n: {k for k, v in states(cluster, n.addr).items() if v == "alive"}
+                 == names, what=f"{n.name} to see all members alive")
+
+
+def test_push_converges_everywhere_and_replay_is_refused(cluster: Cluster):
+    net = NetworkDir(cluster.network)
+    data = net.network_yaml.read_bytes()
+    v1, env1 = sign_state(net, data)
+    v2, env2 = sign_state(net, data)
+    a, status, _ = post_envelope(cluster, env1, cluster.nodes[0].addr)
+    assert status == 200
+    a, status, _ = post_envelope(cluster, env2, cluster.nodes[2].addr)
+    assert status == 200
+    wait_for(lambda: set(versions(cluster).values()) == {v2}, what="all nodes at v2")
+    for n in cluster.nodes:  # replay of v1 refused everywhere, state untouched
+        _, status, body = post_envelope(cluster, env1, n.addr)
+        assert status == 409 and "not newer" in body["error"]
+    assert set(versions(cluster).values()) == {v2}
+
+
+def test_sigkill_marks_dead_then_rejoins(cluster: Cluster):
+    victim = cluster.nodes[3]
+    kill_node(victim)
+    others = [n for n in cluster.nodes if n is not victim]
+    for n in others:
+        wait_for(lambda n=n: states(cluster, n.addr).get(victim.name) == "dead",
+                 timeout=40, what=f"{n.name} to mark {victim.name} dead")
+    restart_node(cluster, victim.name)
+    wait_ready(victim)
+    for n in others:
+        wait_for(lambda n=n: states(cluster, n.addr).get(victim.name) == "alive",
+                 timeout=40, what=f"{n.name} to see {victim.name} alive again")
+    # it kept its accepted state across the kill
+    assert api(cluster, "/api/v1/state", victim.addr)["version"] >= 2
+
+
+def test_status_command_prints_table(cluster: Cluster, capsys, monkeypatch):
+    from agent.cli import main
+
+    monkeypatch.setenv("MYCELIUM_NETWORK", str(cluster.network))
+    monkeypatch.setenv("MYCELIUM_NODES", ",".join(cluster.addresses()))
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert all(n.name in out for n in cluster.nodes) and "VERSION" in out
+    assert main(["status", "-o", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
