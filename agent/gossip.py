@@ -166,6 +166,7 @@ class LatentSpore:
         self.on_merge = on_merge
         self.counters = {"malformed": 0, "sent": 0, "received": 0, "failed_requests": 0}
         self._task: asyncio.Task | None = None
+        self._seeds: list[str] = []  # retried while we know no live member
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -187,6 +188,7 @@ class LatentSpore:
     async def join(self, addrs: list[str]) -> int:
         """Sync with each known address; returns how many answered."""
         addrs = [a for a in dict.fromkeys(addrs) if a != self.ms.me.addr]
+        self._seeds = list(dict.fromkeys(self._seeds + addrs))[-16:]
         results = await asyncio.gather(*(self._send(a, "sync") for a in addrs))
         return sum(r is not None for r in results)
 
@@ -281,6 +283,8 @@ class LatentSpore:
         for e in self.ms.expire(now, self.interval):
             self._emit(e)
         syncs = [self._send(m.addr, "sync") for m in self.ms.gossip_targets(self.fanout - 1)]
+        if not any(m.state == "alive" for m in self.ms.members.values()):
+            syncs += [self._send(a, "sync") for a in self._seeds]
         dead = [m for m in self.ms.members.values() if m.state == "dead"]
         if dead and self.ms.rng.random() < 0.2:
             # Reconnect: a healed partition or a restarted node refutes our verdict.
