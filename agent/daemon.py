@@ -188,7 +188,10 @@ class Agent:
         if self.state is not None:
             interval = interval or self.state.spores.latent.interval_ms / 1000
             fanout = self.state.spores.latent.fanout
-        latent = LatentSpore(self.identity.name, self.listen, HttpTransport(self.peer_ssl),
+        # Peers reach us at the advertised address (identity), which may differ from the
+        # bind address behind NAT or a proxy.
+        latent = LatentSpore(self.identity.name, self.identity.listen,
+                             HttpTransport(self.peer_ssl),
                              interval=interval or 0.2, fanout=fanout, get_meta=self.meta,
                              on_event=self._on_gossip_event, on_merge=self._after_merge)
         app.add_routes(http_routes(lambda: self.latent))
