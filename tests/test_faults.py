@@ -9,13 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from faultproxy import FaultProxy, Faults
 
 from agent.bootstrap import bootstrap_first_node
 from agent.cli_node import operator_hypha
 from agent.cluster import ClusterNode, agent_argv, free_port_pair, kill_node, start_node, wait_ready
 from agent.identity import init_network, sign_state
 from agent.tokens import create_token
+from faultproxy import FaultProxy, Faults
 
 
 class ProxyThread:

@@ -1,0 +1,76 @@
+"""Gossip figures (printed, never asserted). Run: .venv/bin/pytest -m bench -s tests/bench
+
+1. In-process: the real LatentSpore code over the in-memory network at 200 ms interval,
+   fanout 3: time for a new state version to reach 99.9% of N nodes, 0% and 10% loss,
+   and bytes per node per second idle and during dissemination.
+2. Real processes: push-to-all-converged on loopback for 3 and 10 agents, agent RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cluster import cluster_down, cluster_up
+from agent.identity import sign_state
+from agent.netdir import NetworkDir
+from test_cluster import api, post_envelope
+from test_swim import Sim
+
+pytestmark = pytest.mark.bench
+
+
+async def disseminate(n: int, loss: float) -> tuple[float, float, float]:
+    async with Sim(n, loss=loss, interval=0.2) as sim:
+        await sim.until(lambda: all(len(x.ms.members) >= n - 1 for x in sim.nodes.values()),
+                        timeout=120)
+        b0, t0 = sim.net.bytes, time.monotonic()
+        await asyncio.sleep(2)
+        idle = (sim.net.bytes - b0) / n / (time.monotonic() - t0)
+        sim.meta["n0"] = {"version": 1}
+        b0, t0 = sim.net.bytes, time.monotonic()
+        target = max(1, int(0.999 * (n - 1)))
+        while sum(1 for x in list(sim.nodes.values())[1:]
+                  if x.ms.members["n0"].meta.get("version") == 1) < target:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - t0
+        busy = (sim.net.bytes - b0) / n / took
+        return took, idle, busy
+
+
+def test_bench_dissemination():
+    print("\nnodes  loss  to-99.9%   idle B/node/s   dissemination B/node/s")
+    for n in (20, 50, 100):
+        for loss in (0.0, 0.1):
+            took, idle, busy = asyncio.run(disseminate(n, loss))
+            print(f"{n:5d}  {loss:4.0%}  {took:7.2f}s  {idle:14.0f}  {busy:20.0f}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_bench_processes(tmp_path):
+    print("\nagents  push-to-converged  RSS/agent (MB)")
+    for n in (3, 10):
+        d = tmp_path / f"c{n}"
+        c = cluster_up(d, n, sclerotia=1, extra_args=["--gossip-interval", "0.2"],
+                       progress=lambda _: None)
+        try:
+            net = NetworkDir(c.network)
+            v, env = sign_state(net, net.network_yaml.read_bytes())
+            t0 = time.monotonic()
+            post_envelope(c, env, c.nodes[0].addr)
+            while not all(api(c, "/api/v1/state", x.addr)["version"] == v for x in c.nodes):
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            rss = sum(rss_mb(x.pid) for x in c.nodes) / n
+            print(f"{n:6d}  {took:16.2f}s  {rss:14.1f}")
+        finally:
+            cluster_down(d)
