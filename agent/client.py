@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from agent.errors import DataError, PeerError
+from agent.errors import DataError, MyceliumError, PeerError
 
 MAX_REPLY_BYTES = 4 << 20
 
@@ -25,6 +26,29 @@ def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(str(cert), str(key))
     ctx.check_hostname = False  # nodes are addressed by IP:port; the CA is what we pin
     ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def check_after_handshake(ctx: ssl.SSLContext,
+                          check: Callable[[bytes], None]) -> ssl.SSLContext:
+    """Run `check(peer DER)` inside the handshake, on both client and server sides.
+
+    The CA chain is verified by OpenSSL; revocation (fingerprints listed in network.yaml,
+    which change at run time) cannot be, so a failing check aborts the handshake here.
+    """
+
+    class CheckingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            der = self.getpeercert(binary_form=True)
+            if der is None:
+                raise ssl.SSLError("peer presented no certificate")
+            try:
+                check(der)
+            except MyceliumError as e:
+                raise ssl.SSLError(f"peer refused: {e}") from e
+
+    ctx.sslobject_class = CheckingSSLObject
     return ctx
 
 

@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from agent import api
-from agent.client import client_context
+from agent.client import check_after_handshake, client_context
 from agent.desired import DesiredState
 from agent.enroll import EnrolService, enrol, enrol_port, enrol_server_context, split_addr
 from agent.envelope import Envelope
@@ -114,7 +114,8 @@ class Agent:
         self._lock = asyncio.Lock()
         self._stack = AsyncExitStack()
         self._gossip_interval = gossip_interval
-        self.peer_ssl = client_context(node.crt, node.key, node.ca_crt)
+        self.peer_ssl = check_after_handshake(client_context(node.crt, node.key, node.ca_crt),
+                                              self.check_peer_cert)
         self.latent: LatentSpore | None = None
         self._pulling: asyncio.Task | None = None
         self._load_held()
@@ -136,7 +137,10 @@ class Agent:
         self.state = parse_state(env.payload, f"state v{env.version}")
         self.held_version = env.version
         self.held_sha256 = env.sha256
-        self.revoked = set(self.state.revoked)
+        revoked = set(self.state.revoked)
+        if revoked != self.revoked and self.latent is not None:
+            self.latent.transport.reset()
+        self.revoked = revoked
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -161,7 +165,8 @@ class Agent:
         app.add_routes(api.routes(self))
         self.latent = await self._stack.enter_async_context(self._make_latent(app))
         host, port = split_addr(self.listen)
-        await self._serve(app, host, port, server_context(self.node))
+        await self._serve(app, host, port, check_after_handshake(server_context(self.node),
+                                                                 self.check_peer_cert))
         if self.node.ca_key.exists():
             svc = EnrolService(self.node, self.node.root_chain(), self.peer_addresses)
             ehost, eport = split_addr(enrol_port(self.listen))
@@ -257,13 +262,18 @@ class Agent:
                     if r.status != 200:
                         return
                     data = await r.content.read(MAX_ENVELOPE_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as e:
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, MyceliumError) as e:
             log.debug("pull from %s failed: %s", addr, e)
             return
         try:
             await self.accept_envelope(data, source=f"gossip from {addr}")
         except DataError:
             pass  # counted and logged by accept_envelope
+
+    def check_peer_cert(self, der: bytes) -> None:
+        from agent.pki import check_peer
+
+        check_peer(der, self.ca_pem, self.revoked)
 
     # --- views for the API ------------------------------------------------------------
 

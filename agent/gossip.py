@@ -100,12 +100,19 @@ class HttpTransport:
                 if r.status != 200:
                     raise PeerError(f"{addr} answered {r.status}")
                 return body
-        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, DataError) as e:
             raise PeerError(f"{addr}: {type(e).__name__}") from e
 
     async def close(self) -> None:
         if self.session:
             await self.session.close()
+
+    def reset(self) -> None:
+        """Drop pooled connections, so the next request handshakes (and is checked) anew:
+        a peer revoked after we connected to it must not keep a kept-alive connection."""
+        old, self.session = self.session, None
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close())
 
 
 @dataclass

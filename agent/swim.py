@@ -81,14 +81,17 @@ class Membership:
                 events.append(Event("joined", r.name, r.addr))
                 continue
             if outranks(r, old):
+                # A new incarnation (restart) brings fresh meta with a counter that may
+                # have restarted; within one incarnation the higher meta version wins.
+                keep_old = (r.incarnation == old.incarnation
+                            and old.meta_version > r.meta_version)
                 self.members[r.name] = replace(r, changed=now, seen=old.seen,
-                                               meta=r.meta if r.meta_version >= old.meta_version
-                                               else old.meta,
-                                               meta_version=max(r.meta_version,
-                                                                old.meta_version))
+                                               meta=old.meta if keep_old else r.meta,
+                                               meta_version=old.meta_version if keep_old
+                                               else r.meta_version)
                 if r.state != old.state:
                     events.append(Event(r.state, r.name, f"incarnation {r.incarnation}"))
-            elif r.meta_version > old.meta_version and r.incarnation >= old.incarnation:
+            elif r.meta_version > old.meta_version and r.incarnation == old.incarnation:
                 self.members[r.name] = replace(old, meta=r.meta, meta_version=r.meta_version)
                 events.append(Event("meta", r.name))
         return events

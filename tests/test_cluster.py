@@ -23,7 +23,18 @@ def cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("cluster") / "c"
     c = cluster_up(d, 5, sclerotia=1, extra_args=GOSSIP, progress=lambda _: None)
     yield c
+    keep_logs(c)
     cluster_down(d)
+
+
+def keep_logs(c: Cluster) -> None:
+    """Agent logs survive teardown for post-mortems of a failed run."""
+    import shutil
+
+    out = Path("/tmp/mycelium-test-logs")
+    out.mkdir(exist_ok=True)
+    for n in c.nodes:
+        shutil.copy(n.log, out / Path(n.log).name)
 
 
 def api(c: Cluster, path: str, addr: str | None = None):
@@ -114,3 +125,51 @@ def test_status_command_prints_table(cluster: Cluster, capsys, monkeypatch):
     assert all(n.name in out for n in cluster.nodes) and "VERSION" in out
     assert main(["status", "-o", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 5
+
+
+def test_push_command_waits_for_convergence(cluster: Cluster, capsys, monkeypatch):
+    from agent.cli import main
+
+    monkeypatch.setenv("MYCELIUM_NETWORK", str(cluster.network))
+    alive = [n.addr for n in cluster.nodes]
+    # the first address is dead: a hypha fails over to the next one
+    to = ",".join(["127.0.0.1:1"] + alive)
+    assert main(["push", "--to", to, "--timeout", "30"]) == 0
+    out, err = capsys.readouterr()
+    assert "all 5 live nodes hold version" in out and "nodes at v" in err
+
+
+def test_revoked_certificate_is_refused(cluster: Cluster, tmp_path):
+    from agent import pki
+    from agent.schema import parse_state
+    from agent.serial import dump_yaml, load_yaml
+
+    victim = cluster.nodes[4]
+    fp = pki.fingerprint((Path(victim.data_dir) / "node.crt").read_bytes())
+    net = NetworkDir(cluster.network)
+    doc = load_yaml(net.network_yaml.read_bytes())
+    doc["revoked"] = [fp]
+    data = dump_yaml(doc)
+    assert parse_state(data).revoked == (fp,)
+    v, env = sign_state(net, data)
+    assert post_envelope(cluster, env, cluster.nodes[0].addr)[1] == 200
+    wait_for(lambda: all(api(cluster, "/api/v1/state", n.addr)["version"] == v
+                         for n in cluster.nodes[:4]), what="others at the revoking state")
+    # the victim's certificate is refused inside the TLS handshake: no HTTP answer at all
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(Path(victim.data_dir) / "ca.crt"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(Path(victim.data_dir) / "node.crt"),
+                        str(Path(victim.data_dir) / "node.key"))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError,
+                        http.client.RemoteDisconnected)) as e:
+        urllib.request.urlopen(f"https://{cluster.nodes[0].addr}/api/v1/node", context=ctx,
+                               timeout=10)
+    assert not isinstance(e.value, urllib.error.HTTPError)
+    for n in cluster.nodes[:4]:
+        wait_for(lambda n=n: states(cluster, n.addr).get(victim.name) == "dead", timeout=40,
+                 what=f"{n.name} to stop trusting the revoked node")

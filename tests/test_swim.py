@@ -59,6 +59,13 @@ def test_newer_meta_wins_at_same_incarnation():
     assert ms.members["b"].meta == {"version": 3}
 
 
+def test_restarted_member_meta_replaces_stale_meta():
+    ms = Membership(Member("me", "m:1", 1))
+    ms.merge([Member("b", "b:1", 1, meta={"version": 2}, meta_version=9)], 0)
+    ms.merge([Member("b", "b:1", 5, meta={"version": 3}, meta_version=1)], 0)
+    assert ms.members["b"].meta == {"version": 3}
+
+
 @pytest.mark.parametrize("data", [b"", b"{", b"[]", b'{"type": "ping"}',
                                   b'{"type":"ping","from":"a","members":[{"name":1}]}',
                                   b'{"type":"boom","from":"a","members":[]}',
