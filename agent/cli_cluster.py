@@ -26,8 +26,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from agent.cluster import cluster_up, env_lines
 
     cluster = cluster_up(Path(args.dir), args.nodes, args.netns, args.sclerotia)
+    env = Path(args.dir) / "env"
+    env.write_text(env_lines(cluster) + "\n")
     print(f"\n{len(cluster.nodes)} agents running. To use this network:\n")
-    print(env_lines(cluster))
+    print(f". {env}    # sets MYCELIUM_NETWORK and MYCELIUM_NODES")
     print("mycelium status")
     print("$EDITOR $MYCELIUM_NETWORK/network.yaml && mycelium push")
     print(f"\nStop it with: mycelium cluster down --dir {args.dir}")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cluster import cluster_down, cluster_up
+from agent.cluster import cluster_down, cluster_up, kill_node
 from agent.identity import sign_state
 from agent.netdir import NetworkDir
-from test_cluster import api, post_envelope
+from test_cluster import api, post_envelope, states
 from test_swim import Sim
 
 pytestmark = pytest.mark.bench
@@ -71,6 +71,12 @@ def test_bench_processes(tmp_path):
                 time.sleep(0.05)
             took = time.monotonic() - t0
             rss = sum(rss_mb(x.pid) for x in c.nodes) / n
-            print(f"{n:6d}  {took:16.2f}s  {rss:14.1f}")
+            victim = c.nodes[-1]
+            kill_node(victim)
+            t0 = time.monotonic()
+            while not all(states(c, x.addr).get(victim.name) == "dead" for x in c.nodes[:-1]):
+                time.sleep(0.05)
+            dead = time.monotonic() - t0
+            print(f"{n:6d}  {took:16.2f}s  {rss:14.1f}   SIGKILL->dead everywhere {dead:.2f}s")
         finally:
             cluster_down(d)
