@@ -115,8 +115,7 @@ def test_raw_bytes_and_pickles_without_password_are_refused(tmp_path):
         for data in (payload, b"\x00" * 64, struct.pack("i", len(framed)) + framed):
             with socket.create_connection((host, int(port)), timeout=2) as s:
                 s.sendall(data)
-                time.sleep(0.2)
-        time.sleep(0.5)
+                time.sleep(0.5)  # held open as long as the control needs to be unpickled
         assert not Path("/tmp/mycelium-pwned").exists()
         assert all(s.version == 3 for s in stores)
     finally:
@@ -141,7 +140,7 @@ def test_control_without_password_the_same_bytes_do_run():
         host, port = addr.split(":")
         with socket.create_connection((host, int(port)), timeout=2) as s:
             s.sendall(struct.pack("i", len(framed)) + framed)
-        wait(lambda: Path("/tmp/mycelium-pwned").exists(), timeout=5)
+            wait(lambda: Path("/tmp/mycelium-pwned").exists(), timeout=5)
     finally:
         o.destroy()
         Path("/tmp/mycelium-pwned").unlink(missing_ok=True)
