@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli_node",
     "agent.cli_cluster",
     "agent.cli_state",
+    "agent.cli_seed",
 ]
 
 

@@ -1,0 +1,83 @@
+"""The Seed spore outside the network: publish to a path or URL, and serve one.
+
+`mycelium seed serve DIR` keeps `DIR/spore.json` and `DIR/root.json` (the trust anchor it
+checks updates against). GET /spore.json is public (the spore is signed); PUT needs a
+client certificate from the network CA (checked at the TLS layer when --tls is given) and a
+spore that verifies against the root and is newer than the one held.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from agent.errors import DataError, PeerError, TransportError
+from agent.signed import now_utc
+from agent.spore import MAX_SPORE_BYTES, SeedSpore, verify_spore
+from agent.statefile import atomic_write
+from agent.trust import parse_signed, trust_initial_root
+
+
+def held_version(data: bytes | None) -> int:
+    if not data:
+        return 0
+    return SeedSpore.from_dict(parse_signed(data, "seed spore", MAX_SPORE_BYTES).signed).version
+
+
+async def publish(location: str, data: bytes, ssl_ctx: ssl.SSLContext | None = None) -> None:
+    """Write a spore to a file path (atomically) or PUT it to an http(s) URL."""
+    if location.startswith(("http://", "https://")):
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+                async with s.put(location, data=data, ssl=ssl_ctx) as r:
+                    if r.status != 200:
+                        raise PeerError(f"{location} refused the spore: HTTP {r.status} "
+                                        f"{(await r.text())[:200]}")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise PeerError(f"cannot publish to {location}: {e or type(e).__name__}") from e
+    else:
+        try:
+            atomic_write(Path(location), data)
+        except OSError as e:
+            raise TransportError(f"cannot write {location}: {e.strerror}") from e
+
+
+def seed_app(directory: Path) -> web.Application:
+    anchor = trust_initial_root((directory / "root.json").read_bytes(), now_utc(),
+                                check_expires=False)
+    ca = directory / "ca.crt"
+    spore = directory / "spore.json"
+
+    async def get(_: web.Request) -> web.Response:
+        if not spore.exists():
+            return web.json_response({"error": "no spore published yet"}, status=404)
+        return web.Response(body=spore.read_bytes(), content_type="application/json")
+
+    async def put(request: web.Request) -> web.Response:
+        data = await request.content.read(MAX_SPORE_BYTES + 1)
+        try:
+            if len(data) > MAX_SPORE_BYTES:
+                raise DataError("spore over the size cap")
+            held = held_version(spore.read_bytes() if spore.exists() else None)
+            verify_spore(data, anchor, now_utc(), ca.read_bytes() if ca.exists() else None,
+                         held_version=held)
+        except DataError as e:
+            return web.json_response({"error": str(e)}, status=403)
+        atomic_write(spore, data)
+        return web.json_response({"ok": True})
+
+    app = web.Application(client_max_size=MAX_SPORE_BYTES + 1024)
+    app.add_routes([web.get("/spore.json", get), web.put("/spore.json", put)])
+    return app
+
+
+def seed_server_context(directory: Path) -> ssl.SSLContext:
+    """TLS with client certificates from the network CA required (for PUT)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(directory / "server.crt", directory / "server.key")
+    ctx.load_verify_locations(cafile=str(directory / "ca.crt"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
