@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -56,9 +57,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_bench_processes(tmp_path):
-    print("\nagents  push-to-converged  RSS/agent (MB)")
-    for n in (3, 10):
+    print("\nagents  push-to-converged  RSS/agent (MB)  idle CPU/agent")
+    for n in (3, 10, 20):
         d = tmp_path / f"c{n}"
         c = cluster_up(d, n, sclerotia=1, extra_args=["--gossip-interval", "0.2"],
                        progress=lambda _: None)
@@ -71,12 +77,16 @@ def test_bench_processes(tmp_path):
                 time.sleep(0.05)
             took = time.monotonic() - t0
             rss = sum(rss_mb(x.pid) for x in c.nodes) / n
+            t0, c0 = time.monotonic(), sum(cpu_s(x.pid) for x in c.nodes)
+            time.sleep(3)
+            idle = (sum(cpu_s(x.pid) for x in c.nodes) - c0) / (time.monotonic() - t0) / n
             victim = c.nodes[-1]
             kill_node(victim)
             t0 = time.monotonic()
             while not all(states(c, x.addr).get(victim.name) == "dead" for x in c.nodes[:-1]):
                 time.sleep(0.05)
             dead = time.monotonic() - t0
-            print(f"{n:6d}  {took:16.2f}s  {rss:14.1f}   SIGKILL->dead everywhere {dead:.2f}s")
+            print(f"{n:6d}  {took:16.2f}s  {rss:14.1f}  {idle:14.1%}   "
+                  f"SIGKILL->dead everywhere {dead:.2f}s")
         finally:
             cluster_down(d)
