@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import ssl
 import time
@@ -30,6 +31,8 @@ MAX_MSG_BYTES = 256 * 1024
 MAX_MEMBERS = 4096
 MSG_PATH = "/latent/v1/msg"
 TYPES = ("ping", "ping-req", "sync", "ack", "nack")
+MAX_PIGGYBACK = 32
+RETRANSMIT_MULT = 4
 
 
 class MessageError(DataError):
@@ -161,9 +164,15 @@ class LatentSpore:
                  get_meta: Callable[[], dict[str, Any]] = dict,
                  on_event: Callable[[Event], None] | None = None,
                  on_merge: Callable[[], Awaitable[None] | None] | None = None,
-                 incarnation: int | None = None, seed: int | None = None) -> None:
-        inc = incarnation if incarnation is not None else int(time.time() * 1000)
-        self.ms = Membership(Member(name, addr, inc, meta=get_meta(), seen=time.time()), seed)
+                 incarnation: int | None = None, seed: int | None = None,
+                 clock: Callable[[], float] = time.time, sync_every: int = 10) -> None:
+        self.clock = clock  # a simulation passes its loop's virtual time
+        inc = incarnation if incarnation is not None else int(clock() * 1000)
+        self.ms = Membership(Member(name, addr, inc, meta=get_meta(), seen=clock()), seed)
+        self.sync_every = sync_every
+        self._rounds = 0
+        # Piggyback queue: member name -> transmissions left (SWIM's lambda * log n).
+        self._pending: dict[str, int] = {}
         self.transport = transport
         self.interval = interval
         self.fanout = fanout
@@ -211,7 +220,7 @@ class LatentSpore:
 
     def members(self) -> list[dict[str, Any]]:
         me = self.ms.me
-        rows = [(me, time.time())] + [(m, m.seen) for m in self.ms.members.values()]
+        rows = [(me, self.clock())] + [(m, m.seen) for m in self.ms.members.values()]
         return [{"name": m.name, "addr": m.addr, "state": m.state,
                  "incarnation": m.incarnation, "role": m.meta.get("role"),
                  "version": m.meta.get("version", 0), "sha256": m.meta.get("sha256", ""),
@@ -220,11 +229,29 @@ class LatentSpore:
 
     # --- protocol ---------------------------------------------------------------------
 
-    def _msg(self, type_: str, target: str = "") -> bytes:
-        return Message(type_, self.ms.me.name, tuple(self._records()), target).encode()
+    def _msg(self, type_: str, target: str = "", full: bool = False) -> bytes:
+        return Message(type_, self.ms.me.name, tuple(self._records(full)), target).encode()
 
-    def _records(self) -> list[Member]:
-        return [self.ms.me] + list(self.ms.members.values())
+    def _records(self, full: bool) -> list[Member]:
+        """Full digest for syncs (join, anti-entropy); otherwise our own record plus the
+        recent changes still owed retransmissions, so messages stay small at any size."""
+        if full:
+            return [self.ms.me] + list(self.ms.members.values())
+        out = [self.ms.me]
+        for name in list(self._pending)[-MAX_PIGGYBACK:]:
+            m = self.ms.members.get(name)
+            if m is not None:
+                out.append(m)
+            self._pending[name] -= 1
+            if self._pending[name] <= 0 or m is None:
+                del self._pending[name]
+        return out
+
+    def _enqueue(self, name: str) -> None:
+        if name != self.ms.me.name:
+            n = len(self.ms.members) + 2
+            self._pending.pop(name, None)  # re-queue at the newest end
+            self._pending[name] = RETRANSMIT_MULT * max(1, math.ceil(math.log10(n)))
 
     async def handle(self, data: bytes) -> bytes:
         """Inbound message -> reply bytes. Raises MessageError for the server to count."""
@@ -239,10 +266,10 @@ class LatentSpore:
             ok = await self._send(msg.target, "ping",
                                   timeout=self.ms.probe_timeout(self.interval)) is not None
             return self._msg("ack" if ok else "nack")
-        return self._msg("ack")
+        return self._msg("ack", full=msg.type == "sync")
 
     async def _absorb(self, msg: Message) -> None:
-        now = time.time()
+        now = self.clock()
         for e in self.ms.merge(list(msg.members), now):
             self._emit(e)
         self.ms.heard_from(msg.sender, now)
@@ -253,7 +280,7 @@ class LatentSpore:
 
     async def _send(self, addr: str, type_: str, target: str = "",
                     timeout: float | None = None) -> Message | None:
-        data = self._msg(type_, target)
+        data = self._msg(type_, target, full=type_ == "sync")
         self.counters["sent"] += len(data)
         try:
             reply = await self.transport.request(addr, data,
@@ -270,26 +297,32 @@ class LatentSpore:
         return msg
 
     def _emit(self, e: Event) -> None:
+        if e.kind != "error":
+            self._enqueue(e.name)
         if self.on_event:
             self.on_event(e)
 
     async def _run(self) -> None:
         while True:
-            started = time.monotonic()
+            started = self.clock()
             try:
                 await self.round()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a round must never kill the agent
                 self._emit(Event("error", self.ms.me.name, f"gossip round: {e}"))
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.interval - (self.clock() - started)))
 
     async def round(self) -> None:
         self.refresh()
-        now = time.time()
+        self._rounds += 1
+        now = self.clock()
         for e in self.ms.expire(now, self.interval):
             self._emit(e)
-        syncs = [self._send(m.addr, "sync") for m in self.ms.gossip_targets(self.fanout - 1)]
+        # fanout - 1 gossip messages carrying recent changes; the probe makes the fanout-th
+        syncs = [self._send(m.addr, "ping") for m in self.ms.gossip_targets(self.fanout - 1)]
+        if self._rounds % self.sync_every == 0:  # anti-entropy: full digest with one peer
+            syncs += [self._send(m.addr, "sync") for m in self.ms.gossip_targets(1)]
         if not any(m.state == "alive" for m in self.ms.members.values()):
             syncs += [self._send(a, "sync") for a in self._seeds]
         dead = [m for m in self.ms.members.values() if m.state == "dead"]
@@ -304,15 +337,15 @@ class LatentSpore:
             return
         timeout = self.ms.probe_timeout(max(0.5, 2 * self.interval))
         if await self._send(target.addr, "ping", timeout=timeout) is not None:
-            self.ms.probe_ok(target.name, time.time())
+            self.ms.probe_ok(target.name, self.clock())
             return
         helpers = self.ms.helpers(target.name, self.indirect)
         replies = await asyncio.gather(*(self._send(h.addr, "ping-req", target.addr,
                                                     timeout=2 * timeout) for h in helpers))
         if any(r is not None and r.type == "ack" for r in replies):
-            self.ms.probe_ok(target.name, time.time())
+            self.ms.probe_ok(target.name, self.clock())
             return
-        for e in self.ms.probe_failed(target.name, time.time()):
+        for e in self.ms.probe_failed(target.name, self.clock()):
             self._emit(e)
 
 
