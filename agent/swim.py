@@ -142,9 +142,12 @@ class Membership:
         self.members[name] = replace(m, state="suspect", changed=now)
         return [Event("suspect", name, "no direct or indirect ack")]
 
-    def suspicion_timeout(self, interval: float, mult: float = 5.0) -> float:
+    def suspicion_timeout(self, interval: float, mult: float = 5.0,
+                          floor: float = 1.5) -> float:
+        """mult * log10(n) rounds, but never under `floor` seconds: a suspect must have
+        time to hear of it and refute across a lossy link, whatever the round length."""
         n = len(self.members) + 1
-        return mult * max(1.0, math.log10(n + 1)) * interval * (1 + self.lhm)
+        return max(floor, mult * max(1.0, math.log10(n + 1)) * interval) * (1 + self.lhm)
 
     def probe_timeout(self, base: float) -> float:
         return base * (1 + self.lhm)
