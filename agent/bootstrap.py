@@ -16,9 +16,9 @@ from agent.enroll import split_addr
 from agent.errors import ConfigError
 from agent.netdir import NetworkDir
 from agent.nodedir import NodeDir, NodeIdentity
-from agent.spore import SeedSpore, new_spore, sign_spore_with_root
+from agent.spore import SeedSpore, load_spore, new_spore, sign_spore_with_root
 from agent.statefile import atomic_write
-from agent.trust import parse_signed
+from agent.trust import MAX_ROOT_BYTES, parse_signed
 
 
 def bootstrap_first_node(net: NetworkDir, data_dir: Path, name: str,
@@ -44,10 +44,10 @@ def bootstrap_first_node(net: NetworkDir, data_dir: Path, name: str,
 def add_bootstrap_address(net: NetworkDir, addr: str) -> SeedSpore:
     root = net.root()
     keys = net.signing_keys(root)[: root.role("root").threshold]
-    old = SeedSpore.from_dict(parse_signed(net.spore_json.read_bytes(), "seed spore",
-                                           2 << 20).signed)
+    old = load_spore(net.spore_json.read_bytes())
     boot = list(old.bootstrap) + ([addr] if addr not in old.bootstrap else [])
-    chain = [parse_signed(b, "root", 1 << 16).to_dict() for b in net.root_chain()]
+    chain = [parse_signed(b, "root document", MAX_ROOT_BYTES).to_dict()
+             for b in net.root_chain()]
     spore = new_spore(chain, root, old.version + 1, boot, old.envelope)
     atomic_write(net.spore_json, sign_spore_with_root(spore, keys).to_bytes())
     return spore

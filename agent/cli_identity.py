@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.errors import ConfigError, TransportError
+from agent.errors import ConfigError
 from agent.netdir import find_network
 from agent.signed import now_utc, parse_duration
-from agent.statefile import VersionStore, atomic_write
+from agent.statefile import VersionStore, atomic_write, read_input
 from agent.tokens import ROLES, create_token
 from agent.trust import verify_envelope
 
@@ -78,13 +78,6 @@ def _network_arg(p: argparse.ArgumentParser) -> None:
                    "directory or a parent)")
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise TransportError(f"cannot read {what} {path}: {e.strerror}") from e
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     from agent.identity import init_network
 
@@ -117,7 +110,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
     net = find_network(args.network)
     src = Path(args.file) if args.file else net.network_yaml
-    data = _read(str(src), "network.yaml")
+    data = read_input(str(src), "network.yaml")
     parse_state(data, str(src))  # never sign a state nodes would refuse
     version, env = sign_state(net, data, args.version, parse_duration(args.ttl))
     atomic_write(Path(args.output), env)
@@ -130,7 +123,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     net = find_network(args.network)
     root = net.root()
-    data = _read(args.file, "envelope")
+    data = read_input(args.file, "envelope")
     store = VersionStore(Path(args.accept_into)) if args.accept_into else None
     held = store.version() if store else 0
     env = verify_envelope(data, root, held, now_utc())
@@ -163,9 +156,9 @@ def cmd_cert_issue(args: argparse.Namespace) -> int:
     net = find_network(args.network)
     token = args.token
     if token.startswith("@"):
-        token = _read(token[1:], "token file").decode().strip()
+        token = read_input(token[1:], "token file").decode().strip()
     cert = issue_for_token(net.root(), net.ca_key.read_bytes(), net.ca_crt.read_bytes(),
-                           _read(args.csr, "CSR"), token, args.node_name, args.address)
+                           read_input(args.csr, "CSR"), token, args.node_name, args.address)
     atomic_write(Path(args.output), cert)
     print(f"issued certificate for {args.node_name} -> {args.output}", file=sys.stderr)
     return 0

@@ -117,8 +117,9 @@ def addresses(args: argparse.Namespace, net: NetworkDir | None) -> list[str]:
     if raw:
         return [a.strip() for a in raw.split(",") if a.strip()]
     if net is not None and net.spore_json.exists():
-        spore = json.loads(net.spore_json.read_bytes())
-        boot = spore.get("signed", {}).get("bootstrap", [])
+        from agent.spore import load_spore
+
+        boot = load_spore(net.spore_json.read_bytes()).bootstrap
         if boot:
             return list(boot)
     raise ConfigError("no node address: pass --to HOST:PORT or set MYCELIUM_NODES")

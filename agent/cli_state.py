@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agent.errors import SchemaError, TransportError
-from agent.statefile import atomic_write
+from agent.errors import SchemaError
+from agent.statefile import atomic_write, read_input
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,18 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_deploy)
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise TransportError(f"cannot read {path}: {e.strerror}") from e
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from agent.schema import parse_state
 
     try:
-        state = parse_state(_read(Path(args.file)), args.file)
+        state = parse_state(read_input(args.file, "network.yaml"), args.file)
     except SchemaError as e:
         for p in e.problems:
             print(p)
@@ -58,7 +51,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
         path = find_network(args.network).network_yaml
     name = args.name or service_name(args.image)
-    out = add_endomycete(_read(path), name, args.image, args.replicas)
+    out = add_endomycete(read_input(path, "network.yaml"), name, args.image, args.replicas)
     atomic_write(path, out)  # a crash leaves the old file or the new one, never half
     print(f"{path}: service {name!r} = {args.image} x{args.replicas}")
     if args.push:

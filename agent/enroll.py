@@ -25,9 +25,9 @@ from agent.errors import CertificateError, DataError, PeerError, TokenError, Tru
 from agent.nodedir import NodeDir, NodeIdentity
 from agent.root import Root
 from agent.signed import now_utc
-from agent.spore import MAX_SPORE_BYTES, SeedSpore, verify_spore
+from agent.spore import SeedSpore, load_spore, verify_spore
 from agent.tokens import PREFIX, verify_token
-from agent.trust import parse_signed, trust_initial_root, verify_root_chain
+from agent.trust import trust_initial_root, verify_root_chain
 
 MAX_ENROL_BYTES = 64 * 1024
 ENROL_PATH = "/enroll/v1"
@@ -70,12 +70,7 @@ def token_network_id(token: str) -> str:
 def trust_from_token(spore_bytes: bytes, token: str) -> tuple[SeedSpore, Root, list[bytes]]:
     """Anchor the seed spore's root chain to the token, then verify spore and token."""
     nid = token_network_id(token)
-    try:
-        unverified = SeedSpore.from_dict(parse_signed(spore_bytes, "seed spore",
-                                                      MAX_SPORE_BYTES).signed)
-    except DataError as e:
-        raise TrustError(str(e)) from e
-    chain = unverified.root_chain_bytes()
+    chain = load_spore(spore_bytes).root_chain_bytes()
     anchor = trust_initial_root(chain[0], now_utc(), network_id=nid,
                                 check_expires=len(chain) == 1)
     spore, root = verify_spore(spore_bytes, anchor)

@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.errors import ConfigError
 from agent.keys import SigningKey
 from agent.root import Root
+from agent.statefile import read_root_chain
 from agent.trust import verify_root_chain
 
 
@@ -65,12 +66,11 @@ class NetworkDir:
         return self.path / ".mycelium"
 
     def root_chain(self) -> list[bytes]:
-        files = sorted(self.root_history.glob("*.root.json"),
-                       key=lambda p: int(p.name.split(".")[0]))
-        if not files:
+        chain = read_root_chain(self.root_history)
+        if not chain:
             raise ConfigError(f"{self.root_history} holds no root versions; is {self.path} "
                               "a network made by `mycelium init`?")
-        return [p.read_bytes() for p in files]
+        return chain
 
     def root(self, now: datetime | None = None) -> Root:
         chain = self.root_chain()

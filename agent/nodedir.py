@@ -21,7 +21,7 @@ from agent.errors import ConfigError
 from agent.root import Root
 from agent.serial import dump_json, load_json_object
 from agent.signed import now_utc
-from agent.statefile import VersionStore, atomic_write
+from agent.statefile import VersionStore, atomic_write, read_root_chain
 from agent.trust import verify_root_chain
 
 PRIVATE = 0o600
@@ -77,8 +77,7 @@ class NodeDir:
         return verify_root_chain(chain[0], chain[1:], now or now_utc())
 
     def root_chain(self) -> list[bytes]:
-        files = sorted(self.roots.glob("*.root.json"), key=lambda p: int(p.name.split(".")[0]))
-        return [p.read_bytes() for p in files]
+        return read_root_chain(self.roots)
 
     def save_root_chain(self, chain: list[bytes]) -> None:
         self.roots.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,15 @@ from aiohttp import web
 
 from agent.errors import DataError, PeerError, TransportError
 from agent.signed import now_utc
-from agent.spore import MAX_SPORE_BYTES, SeedSpore, verify_spore
+from agent.spore import MAX_SPORE_BYTES, load_spore, verify_spore
 from agent.statefile import atomic_write
-from agent.trust import parse_signed, trust_initial_root
+from agent.trust import trust_initial_root
 
 
 def held_version(data: bytes | None) -> int:
     if not data:
         return 0
-    return SeedSpore.from_dict(parse_signed(data, "seed spore", MAX_SPORE_BYTES).signed).version
+    return load_spore(data).version
 
 
 async def publish(location: str, data: bytes, ssl_ctx: ssl.SSLContext | None = None) -> None:

@@ -23,7 +23,7 @@ from agent.errors import DataError, SignatureError, TrustError, WrongNetworkErro
 from agent.keys import SigningKey
 from agent.root import Root
 from agent.signed import SignedDocument, format_time, now_utc, parse_time, require, sign_document
-from agent.trust import check_threshold, parse_signed, verify_root_chain
+from agent.trust import check_threshold, parse_typed, verify_root_chain
 
 SPORE_TYPE = "mycelium/seed-spore"
 MAX_SPORE_BYTES = 2 << 20
@@ -126,11 +126,7 @@ def verify_spore(data: bytes, root: Root, now: datetime | None = None,
     root in it is accepted only through proper N -> N+1 rotation signatures.
     """
     now = now or now_utc()
-    doc = parse_signed(data, "seed spore", MAX_SPORE_BYTES)
-    try:
-        spore = SeedSpore.from_dict(doc.signed)
-    except DataError as e:
-        raise TrustError(str(e)) from e
+    doc, spore = parse_typed(data, "seed spore", MAX_SPORE_BYTES, SeedSpore.from_dict)
     if spore.network_id != root.network_id:
         raise WrongNetworkError(f"seed spore is for network {spore.network_id}, not "
                                 f"{root.network_id}")
@@ -148,6 +144,12 @@ def verify_spore(data: bytes, root: Root, now: datetime | None = None,
     if spore.version <= held_version:
         raise TrustError(f"seed spore v{spore.version} is not newer than held v{held_version}")
     return spore, newest
+
+
+def load_spore(data: bytes) -> SeedSpore:
+    """Read a spore WITHOUT verifying it: for the operator's own file, or to find the
+    root chain that verify_spore will then check."""
+    return parse_typed(data, "seed spore", MAX_SPORE_BYTES, SeedSpore.from_dict)[1]
 
 
 def new_spore(root_docs: list[dict[str, Any]], root: Root, version: int,

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from agent.errors import DataError
+from agent.errors import DataError, TransportError
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -32,6 +32,20 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def read_root_chain(directory: Path) -> list[bytes]:
+    """`1.root.json` ... `N.root.json` in version order (empty if there are none)."""
+    files = sorted(Path(directory).glob("*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+    return [p.read_bytes() for p in files]
+
+
+def read_input(path: Path | str, what: str) -> bytes:
+    """An operator-named input file, or a one-line TransportError saying why not."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise TransportError(f"cannot read {what} {path}: {e.strerror}") from e
 
 
 class VersionStore:

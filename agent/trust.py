@@ -16,7 +16,9 @@ Rules, applied in this order so nothing untrusted is parsed further than needed:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any, TypeVar
 
 from agent.envelope import Envelope
 from agent.errors import (
@@ -34,6 +36,7 @@ from agent.signed import SignedDocument
 
 MAX_ENVELOPE_BYTES = 1 << 20
 MAX_ROOT_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 def count_valid(doc: SignedDocument, root: Root, role: str) -> set[str]:
@@ -60,6 +63,18 @@ def parse_signed(data: bytes, what: str, cap: int) -> SignedDocument:
     try:
         return SignedDocument.from_bytes(data, what, cap)
     except (TrustError, TooLargeError):
+        raise
+    except DataError as e:
+        raise TrustError(str(e)) from e
+
+
+def parse_typed(data: bytes, what: str, cap: int,
+                from_dict: Callable[[dict[str, Any]], T]) -> tuple[SignedDocument, T]:
+    """Wrapper and typed payload, both failures reported as TrustError. Not verified."""
+    doc = parse_signed(data, what, cap)
+    try:
+        return doc, from_dict(doc.signed)
+    except TrustError:
         raise
     except DataError as e:
         raise TrustError(str(e)) from e
@@ -116,11 +131,7 @@ def verify_root_chain(anchor: bytes, updates: list[bytes], now: datetime) -> Roo
 
 def verify_envelope(data: bytes, root: Root, held_version: int, now: datetime) -> Envelope:
     """The node's acceptance rule for a state. Returns the envelope; payload not parsed."""
-    doc = parse_signed(data, "envelope", MAX_ENVELOPE_BYTES)
-    try:
-        env = Envelope.from_dict(doc.signed)
-    except DataError as e:
-        raise TrustError(str(e)) from e
+    doc, env = parse_typed(data, "envelope", MAX_ENVELOPE_BYTES, Envelope.from_dict)
     if env.network_id != root.network_id:
         raise WrongNetworkError(f"envelope is for network {env.network_id}, this node is in "
                                 f"{root.network_id}")
