@@ -23,7 +23,6 @@ from pathlib import Path
 from agent.bootstrap import bootstrap_first_node
 from agent.errors import ConfigError, PeerError
 from agent.identity import init_network
-from agent.netdir import NetworkDir
 from agent.tokens import create_token
 
 SUBNET = "10.77.0"
@@ -221,6 +220,3 @@ def env_lines(cluster: Cluster) -> str:
     return (f"export MYCELIUM_NETWORK={cluster.network}\n"
             f"export MYCELIUM_NODES={','.join(cluster.addresses())}")
 
-
-def as_network(cluster: Cluster) -> NetworkDir:
-    return NetworkDir(cluster.network)

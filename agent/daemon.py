@@ -30,8 +30,10 @@ from agent.errors import ConfigError, DataError, MyceliumError, PeerError, Trans
 from agent.events import EventLog
 from agent.gossip import HttpTransport, LatentSpore, http_routes
 from agent.nodedir import NodeDir, NodeIdentity
+from agent.schema import parse_state
 from agent.signed import SignedDocument, now_utc
-from agent.swim import Event
+from agent.spore import MAX_SPORE_BYTES
+from agent.swim import Event, Member
 from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
 
 log = logging.getLogger("mycelium")
@@ -48,7 +50,7 @@ def server_context(node: NodeDir) -> ssl.SSLContext:
     return ctx
 
 
-async def read_source(src: str, cap: int = 2 << 20, timeout: float = 10.0) -> bytes:
+async def read_source(src: str, cap: int = MAX_SPORE_BYTES, timeout: float = 10.0) -> bytes:
     """A seed spore from a path or an http(s) URL, size-capped."""
     if src.startswith(("http://", "https://")):
         try:
@@ -127,14 +129,12 @@ class Agent:
         try:
             env = Envelope.from_dict(SignedDocument.from_bytes(data, "held envelope",
                                                                MAX_ENVELOPE_BYTES).signed)
-            self._adopt(env)
+            self._adopt(env, parse_state(env.payload, f"state v{env.version}"))
         except MyceliumError as e:
             self.events.add("error", f"held envelope unreadable ({e}); waiting for a new one")
 
-    def _adopt(self, env: Envelope) -> None:
-        from agent.schema import parse_state
-
-        self.state = parse_state(env.payload, f"state v{env.version}")
+    def _adopt(self, env: Envelope, state: DesiredState) -> None:
+        self.state = state
         self.held_version = env.version
         self.held_sha256 = env.sha256
         revoked = set(self.state.revoked)
@@ -212,11 +212,14 @@ class Agent:
         """A peer holds a newer state: pull it from that peer (one pull at a time)."""
         if self._pulling is not None and not self._pulling.done():
             return
-        best = max((m for m in self.members() if m.get("state") == "alive"),
-                   key=lambda m: m.get("version") or 0, default=None)
-        if best and (best.get("version") or 0) > self.held_version:
-            self._pulling = asyncio.create_task(self.pull_envelope(best["addr"],
-                                                                   best["version"]))
+        # Runs on every gossip message: read the membership table, build no views.
+        if self.latent is None:
+            return
+        best = max((m for m in self.latent.ms.members.values() if m.state == "alive"),
+                   key=_meta_version, default=None)
+        if best and _meta_version(best) > self.held_version:
+            self._pulling = asyncio.create_task(self.pull_envelope(best.addr,
+                                                                   _meta_version(best)))
 
     # --- state ------------------------------------------------------------------------
 
@@ -225,15 +228,13 @@ class Agent:
         async with self._lock:
             try:
                 env = verify_envelope(data, self.root, self.held_version, now_utc())
-                from agent.schema import parse_state
-
-                parse_state(env.payload, f"state v{env.version}")  # refuse before storing
+                state = parse_state(env.payload, f"state v{env.version}")  # before storing
             except DataError as e:
                 self.counters["refused_envelopes"] += 1
                 self.events.add("refused", f"state from {source}: {e}")
                 raise
             self.node.store.record(env.version, data)
-            self._adopt(env)
+            self._adopt(env, state)
             self.events.add("state", f"accepted state v{env.version} from {source}",
                             version=env.version)
         self.on_new_state()
@@ -302,6 +303,12 @@ class Agent:
 
     def share_info(self) -> dict[str, Any]:
         return {"node": self.identity.name, "share": None}
+
+
+def _meta_version(m: Member) -> int:
+    """Meta comes from peers: anything but a non-negative int counts as no version."""
+    v = m.meta.get("version")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
 async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_spore: str | None,

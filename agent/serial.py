@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from agent.errors import DataError, TooLargeError, YamlError
@@ -136,10 +135,6 @@ def _plain_tag(tag: str, event: Any) -> bool:
     return tag in {"tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:map",
                    "tag:yaml.org,2002:seq", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
                    "tag:yaml.org,2002:float"}
-
-
-def new_map() -> CommentedMap:
-    return CommentedMap()
 
 
 def dump_yaml(doc: Any) -> bytes:

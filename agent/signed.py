@@ -50,12 +50,6 @@ def sign_document(signed: dict[str, Any], keys: Iterable[SigningKey]) -> SignedD
     return SignedDocument(signed, tuple(k.sign(message) for k in keys))
 
 
-def add_signatures(doc: SignedDocument, keys: Iterable[SigningKey]) -> SignedDocument:
-    have = {s["keyid"] for s in doc.signatures}
-    new = [k.sign(doc.message) for k in keys if k.keyid not in have]
-    return SignedDocument(doc.signed, doc.signatures + tuple(new))
-
-
 def now_utc() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
