@@ -1,0 +1,145 @@
+"""The four deploys: base, agent, k3s, containers.
+
+Each takes its params (recipes/params.py) and nothing else. The same functions run on a
+live node (`@local`, from the agent's reconcile) and against a root filesystem being built
+(`@chroot/DIR`, from image/): there, units are enabled but not started (recipes/units.py).
+A deploy given None unloads its component (stops and disables what it installed).
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import FindFiles
+from pyinfra.operations import apt, files, server
+
+import configs
+from recipes import artifact, podman, units
+from recipes.params import AgentParams, BaseParams, ContainersParams, K3sParams
+from recipes.venv import installed, wheelhouse_digest
+
+TEMPLATES = Path(configs.__file__).parent / "templates"
+K3S_MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
+K3S_IMAGES = "/var/lib/rancher/k3s/agent/images"
+
+
+def _tpl(name: str) -> str:
+    return str(TEMPLATES / name)
+
+
+@deploy("base")
+def base(p: BaseParams) -> None:
+    files.put(name="Hostname", src=StringIO(p.hostname + "\n"), dest="/etc/hostname")
+    files.template(name="/etc/hosts", src=_tpl("hosts.j2"), dest="/etc/hosts",
+                   hostname=p.hostname)
+    for u in p.users:
+        server.user(name=f"User {u.name}", user=u.name, shell="/bin/bash", create_home=True,
+                    groups=["sudo"] if u.sudo else None, public_keys=list(u.ssh_keys) or None,
+                    delete_keys=True)
+        sudoers = f"/etc/sudoers.d/mycelium-{u.name}"
+        if u.sudo:
+            files.put(name=f"Sudo for {u.name}", dest=sudoers, mode="440",
+                      src=StringIO(f"{u.name} ALL=(ALL) NOPASSWD:ALL\n"))
+        else:
+            files.file(name=f"No sudo for {u.name}", path=sudoers, present=False)
+    sshd = files.template(name="sshd hardening", src=_tpl("sshd.conf.j2"),
+                          dest="/etc/ssh/sshd_config.d/mycelium.conf", mode="644",
+                          users=p.users)
+    # Host keys are never baked into an image: ssh makes missing ones before it starts.
+    keygen = files.put(name="ssh host keys at first start",
+                       src=StringIO("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n"),
+                       dest="/etc/systemd/system/ssh.service.d/mycelium-hostkeys.conf",
+                       create_remote_dir=True)
+    units.service(name="ssh", unit="ssh.service", restarted=sshd.will_change,
+                  daemon_reload=keygen.will_change)
+    sysctl = files.template(name="sysctl", src=_tpl("sysctl.conf.j2"),
+                            dest="/etc/sysctl.d/90-mycelium.conf")
+    units.service(name="apply sysctl", unit="systemd-sysctl.service",
+                  restarted=sysctl.will_change)
+    journald = files.template(name="journald limits", src=_tpl("journald.conf.j2"),
+                              dest="/etc/systemd/journald.conf.d/mycelium.conf",
+                              create_remote_dir=True, journal_max_mb=p.journal_max_mb)
+    units.service(name="journald", unit="systemd-journald.service",
+                  restarted=journald.will_change)
+    ntp = files.template(name="time sync", src=_tpl("timesyncd.conf.j2"),
+                         dest="/etc/systemd/timesyncd.conf.d/mycelium.conf",
+                         create_remote_dir=True, ntp_servers=p.ntp_servers)
+    units.service(name="timesyncd", unit="systemd-timesyncd.service",
+                  restarted=ntp.will_change)
+    files.template(name="wired network", src=_tpl("wired.network.j2"),
+                   dest="/etc/systemd/network/20-wired.network")
+    units.service(name="networkd", unit="systemd-networkd.service")
+    units.service(name="resolved", unit="systemd-resolved.service")
+
+
+@deploy("agent")
+def agent(p: AgentParams, source_wheelhouse: str = "") -> None:
+    """`source_wheelhouse` (a directory on the controller) is copied to p.wheelhouse first;
+    the image builder uses it, a live node already has its wheels."""
+    files.directory(name="Agent data dir", path=p.data_dir, mode="700")
+    files.directory(name="/etc/mycelium", path="/etc/mycelium", mode="755")
+    digest = ""
+    if source_wheelhouse:
+        digest = wheelhouse_digest(Path(source_wheelhouse))
+        for whl in sorted(Path(source_wheelhouse).glob("*.whl")):
+            files.put(name=f"wheel {whl.name}", src=str(whl),
+                      dest=f"{p.wheelhouse}/{whl.name}", create_remote_dir=True)
+    install = installed(name="Agent virtual environment", venv=p.venv,
+                        wheelhouse=p.wheelhouse, digest=digest)
+    unit = files.template(name="Agent unit", src=_tpl("mycelium-agent.service.j2"),
+                          dest="/etc/systemd/system/mycelium-agent.service",
+                          venv=p.venv, data_dir=p.data_dir, listen=p.listen)
+    units.service(name="Agent service", unit="mycelium-agent.service", running=p.running,
+                  restarted=unit.will_change or install.will_change,
+                  daemon_reload=unit.will_change)
+
+
+@deploy("k3s")
+def k3s(p: K3sParams | None) -> None:
+    if p is None:
+        for u in ("k3s.service", "k3s-agent.service"):
+            units.service(name=f"{u} unloaded", unit=u, enabled=False, running=False)
+        return
+    binary = artifact.fetched(name="K3s binary", src=p.binary, dest="/usr/local/bin/k3s",
+                              sha256=p.binary_sha256, mode="755")
+    if p.images:
+        suffix = "".join(Path(p.images.split("?")[0]).suffixes) or ".tar"
+        artifact.fetched(name="K3s airgap images", src=p.images, sha256=p.images_sha256,
+                         dest=f"{K3S_IMAGES}/k3s-airgap-images{suffix}")
+    cfg = files.template(name="K3s config", src=_tpl("k3s-config.yaml.j2"),
+                         dest="/etc/rancher/k3s/config.yaml", mode="600",
+                         create_remote_dir=True, role=p.role, token=p.token,
+                         server_url=p.server_url, node_name=p.node_name)
+    unit_name = "k3s.service" if p.role == "server" else "k3s-agent.service"
+    other = "k3s-agent.service" if p.role == "server" else "k3s.service"
+    units.service(name=f"{other} unloaded", unit=other, enabled=False, running=False)
+    unit = files.template(name="K3s unit", src=_tpl("k3s.service.j2"), role=p.role,
+                          dest=f"/etc/systemd/system/{unit_name}")
+    if p.role == "server":
+        keep = {f"mycelium-{n}.yaml" for n in p.manifests}
+        for name, text in sorted(p.manifests.items()):
+            files.put(name=f"Manifest {name}", src=StringIO(text), create_remote_dir=True,
+                      dest=f"{K3S_MANIFESTS}/mycelium-{name}.yaml")
+        for path in host.get_fact(FindFiles, path=K3S_MANIFESTS, fname="mycelium-*.yaml"):
+            if Path(path).name not in keep:
+                files.file(name=f"Remove manifest {Path(path).name}", path=path,
+                           present=False)
+    units.service(name="K3s service", unit=unit_name, daemon_reload=unit.will_change,
+                  restarted=cfg.will_change or binary.will_change)
+
+
+@deploy("containers")
+def containers(p: ContainersParams | None) -> None:
+    wanted = p.manifests if p else {}
+    if wanted:
+        apt.packages(name="podman", packages=["podman"], update=True, cache_time=86400)
+    for name, text in sorted(wanted.items()):
+        podman.kube(name=f"Service {name}", svc=name, manifest=text)
+    for path in host.get_fact(FindFiles, path=podman.KUBE_DIR, fname="*.yaml"):
+        name = Path(path).stem
+        if name not in wanted:
+            podman.kube(name=f"Remove service {name}", svc=name, present=False)
+

@@ -1,0 +1,56 @@
+"""Inputs of the deploys, as plain frozen data.
+
+The agent's planner (agent/plan.py) and the image builder (image/) both build these, so the
+recipes never read network.yaml or host data themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    name: str
+    ssh_keys: tuple[str, ...] = ()
+    sudo: bool = False
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    hostname: str
+    users: tuple[UserSpec, ...] = ()
+    ntp_servers: tuple[str, ...] = ()
+    journal_max_mb: int = 64
+
+
+@dataclass(frozen=True)
+class AgentParams:
+    wheelhouse: str = "/opt/mycelium/wheels"  # wheels of mycelium and its dependencies
+    venv: str = "/opt/mycelium/venv"
+    data_dir: str = "/var/lib/mycelium"
+    listen: str = "0.0.0.0:7946"
+    running: bool = True  # False while building an image: the unit starts at first boot
+
+
+@dataclass(frozen=True)
+class K3sParams:
+    role: Literal["server", "agent"]
+    binary: str  # path on the controller or http(s) URL
+    binary_sha256: str
+    images: str = ""
+    images_sha256: str = ""
+    server_url: str = ""  # agents: https://HOST:6443
+    token: str = ""
+    node_name: str = ""
+    manifests: dict[str, str] = field(default_factory=dict)  # servers: name -> YAML
+
+
+@dataclass(frozen=True)
+class ContainersParams:
+    manifests: dict[str, str] = field(default_factory=dict)  # name -> Kubernetes YAML
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return asdict(obj)

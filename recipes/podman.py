@@ -1,0 +1,53 @@
+"""Operation running an endomycete's Kubernetes manifest with `podman kube play`.
+
+The manifest is kept in /etc/mycelium/kube/NAME.yaml; it is played again when its content
+changes or its pod is not running (drift), and taken down when the service leaves the state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Generator
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import files
+
+from recipes.facts import PodmanPods
+
+KUBE_DIR = "/etc/mycelium/kube"
+
+
+def manifest_path(name: str) -> str:
+    return f"{KUBE_DIR}/{name}.yaml"
+
+
+@operation()
+def kube(svc: str, manifest: str = "", present: bool = True) -> Generator:
+    """Run (or with present=False remove) the pods of `manifest` under the name `svc`."""
+    name = svc
+    path = manifest_path(name)
+    held = host.get_fact(Sha256File, path=path)
+    pod = host.get_fact(PodmanPods).get(f"{name}-pod")
+    if not present:
+        if held is None and pod is None:
+            host.noop(f"{name}: not running")
+            return
+        if held is not None:
+            yield f"podman kube down {shlex.quote(path)} || true"
+            yield f"rm -f {shlex.quote(path)}"
+        if pod is not None:
+            yield f"podman pod rm -f {shlex.quote(name + '-pod')}"
+        return
+    want = hashlib.sha256(manifest.encode()).hexdigest()
+    running = pod is not None and pod["status"] == "Running"
+    if held == want and running:
+        host.noop(f"{name}: running, manifest unchanged")
+        return
+    if held != want:
+        yield from files.put._inner(src=StringIO(manifest), dest=path, mode="644",
+                                    create_remote_dir=True)
+    yield f"podman kube play --replace {shlex.quote(path)}"
