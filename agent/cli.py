@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli_cluster",
     "agent.cli_state",
     "agent.cli_seed",
+    "agent.cli_plan",
 ]
 
 

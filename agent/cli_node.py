@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-level", default="INFO")
     r.add_argument("--gossip-interval", type=float, default=None,
                    help="seconds between gossip rounds (default: network.yaml's, else 0.2)")
+    r.add_argument("--apply-target", default="", metavar="TARGET",
+                   help="converge this machine to its plan: @local on a node, @chroot/DIR for "
+                   "a root filesystem (default: off, so a test agent never changes its host)")
+    r.add_argument("--drift-interval", type=float, default=300.0, metavar="SECONDS",
+                   help="re-apply the plan this often to correct drift (default: 300)")
     r.set_defaults(func=cmd_agent_run)
 
     p = sub.add_parser("join", help="enrol this node (get a certificate) and exit")
@@ -88,7 +93,9 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
                                  seed_spore=args.seed_spore, token=_token(args.token),
                                  name=args.name or socket.gethostname(), join=args.join,
                                  log_level=args.log_level,
-                                 gossip_interval=args.gossip_interval))
+                                 gossip_interval=args.gossip_interval,
+                                 apply_target=args.apply_target,
+                                 drift_interval=args.drift_interval))
 
 
 def cmd_join(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import ssl
 import sys
 import time
 from contextlib import AsyncExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,22 @@ from aiohttp import web
 
 from agent import api
 from agent.client import check_after_handshake, client_context
-from agent.desired import DesiredState
+from agent.desired import DesiredState, NodeShare
 from agent.enroll import EnrolService, enrol, enrol_port, enrol_server_context, split_addr
 from agent.envelope import Envelope
 from agent.errors import ConfigError, DataError, MyceliumError, PeerError, TransportError
 from agent.events import EventLog
 from agent.gossip import HttpTransport, LatentSpore, http_routes
 from agent.nodedir import NodeDir, NodeIdentity
+from agent.placement import LiveMember, place
+from agent.plan import NodePlan, NodeSettings, plan_node
+from agent.reconcile import Reconciler
 from agent.schema import parse_state
 from agent.signed import SignedDocument, now_utc
 from agent.spore import MAX_SPORE_BYTES
 from agent.swim import Event, Member
 from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
+from recipes.params import AgentParams
 
 log = logging.getLogger("mycelium")
 READY = "mycelium agent ready"
@@ -99,7 +104,8 @@ async def ensure_enrolled(node: NodeDir, listen: str, advertise: str | None,
 
 class Agent:
     def __init__(self, node: NodeDir, ident: NodeIdentity, listen: str,
-                 join: list[str] | None = None, gossip_interval: float | None = None) -> None:
+                 join: list[str] | None = None, gossip_interval: float | None = None,
+                 apply_target: str = "", drift_interval: float = 300.0) -> None:
         self.node = node
         self.identity = ident
         self.listen = listen
@@ -120,6 +126,10 @@ class Agent:
                                               self.check_peer_cert)
         self.latent: LatentSpore | None = None
         self._pulling: asyncio.Task | None = None
+        self.apply_target = apply_target
+        self.drift_interval = drift_interval
+        self.reconciler: Reconciler | None = None
+        self._last_share: NodeShare | None = None
         self._load_held()
 
     def _load_held(self) -> None:
@@ -172,6 +182,10 @@ class Agent:
             ehost, eport = split_addr(enrol_port(self.listen))
             await self._serve(svc.app(), ehost, eport, enrol_server_context(self.node))
         await self.latent.join(self.join_peers + self.node.peers())
+        if self.apply_target:
+            self.reconciler = await self._stack.enter_async_context(
+                Reconciler(self.node.path, self.apply_target, self.make_plan,
+                           self.drift_interval))
         self.events.add("start", f"{self.identity.name} ({self.identity.role}) listening on "
                         f"{self.listen}, state v{self.held_version}")
 
@@ -207,6 +221,9 @@ class Agent:
             self.events.add(e.kind, f"{e.name}: {e.kind} {e.detail}".strip())
         if e.kind in ("joined", "alive"):
             self.node.save_peers(self.peer_addresses())
+        if e.kind in ("joined", "alive", "dead", "left") and self.reconciler is not None:
+            if self.share() != self._last_share:
+                self.reconciler.kick()  # membership moved this node's share
 
     def _after_merge(self) -> None:
         """A peer holds a newer state: pull it from that peer (one pull at a time)."""
@@ -245,6 +262,8 @@ class Agent:
         if self.latent is not None:
             self.latent.refresh()
             asyncio.get_running_loop().create_task(self._announce())
+        if self.reconciler is not None:
+            self.reconciler.kick()
 
     async def _announce(self) -> None:
         """Push the new version to a few peers now rather than at the next round."""
@@ -280,7 +299,41 @@ class Agent:
 
     def meta(self) -> dict[str, Any]:
         return {"role": self.identity.role, "version": self.held_version,
-                "sha256": self.held_sha256, "status": self.status}
+                "sha256": self.held_sha256, "status": self.apply_status()}
+
+    def apply_status(self) -> dict[str, Any]:
+        return self.reconciler.summary() if self.reconciler else self.status
+
+    # --- placement and plan -----------------------------------------------------------
+
+    def share(self) -> NodeShare | None:
+        """This node's share. Authority: until the Primary spore is wired into the agent,
+        every node computes the same placement from the live members gossip reports."""
+        if self.state is None:
+            return None
+        by_name = {n.name: n for n in self.state.nodes}
+        live = []
+        for m in self.members():
+            spec = by_name.get(m["name"])
+            if m.get("state") not in ("alive", "suspect") or spec is None:
+                continue
+            live.append(LiveMember(m["name"], m.get("role") or spec.role,
+                                   m["addr"].rsplit(":", 1)[0], spec.labels, spec.runtime))
+        if self.identity.name in by_name and all(x.name != self.identity.name for x in live):
+            spec = by_name[self.identity.name]
+            live.append(LiveMember(spec.name, self.identity.role,
+                                   self.identity.listen.rsplit(":", 1)[0], spec.labels,
+                                   spec.runtime))
+        return place(self.state, live, version=self.held_version).get(self.identity.name)
+
+    def make_plan(self) -> NodePlan | None:
+        share = self.share()
+        self._last_share = share
+        if self.state is None or share is None:
+            return None
+        return plan_node(self.state, self.held_version, self.identity.name, share,
+                         NodeSettings(AgentParams(data_dir=str(self.node.path),
+                                                  listen=self.listen)))
 
     def node_info(self) -> dict[str, Any]:
         from agent.pki import fingerprint
@@ -302,7 +355,9 @@ class Agent:
                             **(m.get("status") or {})} for m in self.members()}
 
     def share_info(self) -> dict[str, Any]:
-        return {"node": self.identity.name, "share": None}
+        share = self.share()
+        return {"node": self.identity.name, "authority": "latent",
+                "share": asdict(share) if share else None, "apply": self.apply_status()}
 
 
 def _meta_version(m: Member) -> int:
@@ -313,7 +368,8 @@ def _meta_version(m: Member) -> int:
 
 async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_spore: str | None,
                     token: str | None, name: str, join: list[str], log_level: str = "INFO",
-                    gossip_interval: float | None = None) -> int:
+                    gossip_interval: float | None = None, apply_target: str = "",
+                    drift_interval: float = 300.0) -> int:
     logging.basicConfig(stream=sys.stdout, level=getattr(logging, log_level.upper(), 20),
                         format="%(asctime)s %(levelname)s %(message)s")
     node = NodeDir(Path(data_dir))
@@ -322,7 +378,8 @@ async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_s
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Agent(node, ident, listen, join, gossip_interval) as agent:
+    async with Agent(node, ident, listen, join, gossip_interval, apply_target,
+                     drift_interval) as agent:
         print(f"{READY}: {ident.name} ({ident.role}) on {advertise or listen}, "
               f"state v{agent.held_version}", flush=True)
         t0 = time.monotonic()

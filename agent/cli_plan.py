@@ -1,0 +1,140 @@
+"""`mycelium plan` and `mycelium apply`: a node's share of network.yaml, shown or applied.
+
+Both build the same plan as the agent's reconcile loop (agent/plan.py) and run the same
+recipes; `plan` only reads facts (dry run), `apply` changes the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agent.errors import ConfigError
+from agent.plan import NodePlan, NodeSettings, assumed_share, plan_from_dict, plan_node
+from recipes.params import AgentParams
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="show what a node would run and, with a target, which "
+                       "operations would change (changes nothing)")
+    _args(p)
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("apply", help="converge a target (@local, @chroot/DIR) to a node's "
+                       "plan now, as the agent does")
+    _args(p)
+    p.set_defaults(func=cmd_apply)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", help="node name in network.yaml (default: the data dir's node)")
+    p.add_argument("--target", help="@local, @chroot/ABS/DIR (default: none for plan, "
+                   "@local for apply)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", help="a node's data dir: use the state it holds and the "
+                     "plan its agent made last")
+    src.add_argument("--state", metavar="FILE", help="network.yaml to plan from (default: "
+                     "the network directory's)")
+    p.add_argument("--network", metavar="DIR")
+    p.add_argument("--wheelhouse", help="directory of mycelium wheels on the target "
+                   f"(default: {AgentParams().wheelhouse})")
+
+
+def load_plan(args: argparse.Namespace) -> NodePlan:
+    from agent.schema import parse_state
+    from agent.statefile import read_input
+
+    settings = NodeSettings(AgentParams(wheelhouse=args.wheelhouse)
+                            if args.wheelhouse else AgentParams())
+    if args.data_dir:
+        return _node_plan(Path(args.data_dir), args.node, settings)
+    if args.state:
+        data, version = read_input(args.state, "state file"), 0
+    else:
+        from agent.identity import last_signed_version
+        from agent.netdir import find_network
+
+        net = find_network(args.network)
+        data, version = read_input(net.network_yaml, "network.yaml"), last_signed_version(net)
+    if not args.node:
+        raise ConfigError("give --node NAME (or --data-dir of a node)")
+    state = parse_state(data)
+    return plan_node(state, version, args.node, assumed_share(state, args.node), settings)
+
+
+def _node_plan(data_dir: Path, name: str | None, settings: NodeSettings) -> NodePlan:
+    from agent.envelope import Envelope
+    from agent.nodedir import NodeDir
+    from agent.schema import parse_state
+    from agent.signed import SignedDocument
+    from agent.trust import MAX_ENVELOPE_BYTES
+
+    node = NodeDir(data_dir)
+    name = name or node.identity().name
+    last = data_dir / "plan.json"
+    if last.exists():
+        plan = plan_from_dict(json.loads(last.read_text()))
+        if plan.node == name:
+            return plan
+    raw = node.store.envelope()
+    if raw is None:
+        raise ConfigError(f"{data_dir} holds no accepted state yet; push one first")
+    env = Envelope.from_dict(SignedDocument.from_bytes(raw, "held envelope",
+                                                       MAX_ENVELOPE_BYTES).signed)
+    state = parse_state(env.payload, f"state v{env.version}")
+    return plan_node(state, env.version, name, assumed_share(state, name), settings)
+
+
+def _print_plan(plan: NodePlan) -> None:
+    print(f"node {plan.node} ({plan.role}), state v{plan.version}")
+    print(f"  components: {', '.join(plan.components)}")
+    for w in plan.waiting:
+        print(f"  waiting:    {w}")
+    share = plan.share
+    if share.get("endomycetes"):
+        print(f"  services:   {', '.join(share['endomycetes'])}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = load_plan(args)
+    target = args.target or ("@local" if args.data_dir else "")
+    report = None
+    if target:
+        from recipes.run import run
+
+        report = run(target, plan.steps(), dry_run=True)
+    if args.output == "json":
+        out = {"plan": plan.to_dict(), "report": report.to_dict() if report else None}
+        print(json.dumps(out, indent=2))
+        return 0 if report is None or report.ok else 1
+    _print_plan(plan)
+    if report is None:
+        print("  (give --target @local or @chroot/DIR to see the operations that would run)")
+        return 0
+    for op in report.changed:
+        print(f"  would change: {op.name}")
+        for c in op.commands:
+            print(f"      {c}")
+    print(f"{target}: {report.summary()}")
+    return 0 if report.ok else 1
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from recipes.run import run
+
+    plan = load_plan(args)
+    _print_plan(plan)
+    target = args.target or "@local"
+    report = run(target, plan.steps())
+    for op in report.ops:
+        if op.changed or op.success is False:
+            mark = "changed" if op.success else "FAILED "
+            print(f"  {mark} {op.name}")
+    for op in report.failed:
+        print(f"--- output of {op.name}:\n{op.output.strip()}")
+    if not report.changed and report.ok:
+        print(f"{target}: nothing to change ({report.summary()})")
+    else:
+        print(f"{target}: {report.summary()}")
+    return 0 if report.ok else 1
