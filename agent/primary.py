@@ -37,7 +37,21 @@ def raft_password(secret: bytes) -> str:
 
 
 class PrimaryStore(SyncObj):
-    """Replicated state; mutators are @replicated and deterministic."""
+    """Replicated state; mutators are @replicated and deterministic.
+
+    The replicated fields have class-level defaults and are first set on the instance by
+    a mutator: SyncObj treats every instance attribute that exists when its __init__ ends
+    as its own and leaves it out of the full dump, so state set in __init__ would vanish
+    at the first log compaction (found by tests/test_primary_crash.py). Mutators replace
+    the containers instead of changing them in place for the same reason.
+    """
+
+    envelope: bytes | None = None
+    version: int = 0
+    sha256: str = ""
+    members: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never mutated in place
+    placement: dict[str, Any] = {}  # noqa: RUF012
+    placement_version: int = 0
 
     def __init__(self, self_addr: str, others: list[str], secret: bytes, data_dir: Path,
                  **conf: Any) -> None:
@@ -46,16 +60,9 @@ class PrimaryStore(SyncObj):
                           journalFile=str(data_dir / "raft.journal"),
                           fullDumpFile=str(data_dir / "raft.dump"),
                           dynamicMembershipChange=True, **{**TIMERS, **conf})
-        self.envelope: bytes | None = None
-        self.version = 0
-        self.sha256 = ""
-        self.members: dict[str, dict[str, Any]] = {}
-        self.placement: dict[str, Any] = {}
-        self.placement_version = 0
         super().__init__(self_addr, others, cfg)
-        for f in ("raft.journal", "raft.dump"):
-            if (data_dir / f).exists():
-                os.chmod(data_dir / f, 0o600)
+        for f in data_dir.glob("raft.*"):
+            os.chmod(f, 0o600)
 
     @replicated
     def put_envelope(self, version: int, sha256: str, data: bytes) -> bool:
@@ -66,8 +73,8 @@ class PrimaryStore(SyncObj):
 
     @replicated
     def register(self, name: str, fingerprint: str, role: str, addresses: list[str]) -> None:
-        self.members[name] = {"fingerprint": fingerprint, "role": role,
-                              "addresses": list(addresses)}
+        self.members = {**self.members, name: {"fingerprint": fingerprint, "role": role,
+                                               "addresses": list(addresses)}}
 
     @replicated
     def put_placement(self, version: int, placement: dict[str, Any]) -> bool:

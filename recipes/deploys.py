@@ -18,12 +18,16 @@ from pyinfra.operations import apt, files, server
 
 import configs
 from recipes import artifact, podman, units
-from recipes.params import AgentParams, BaseParams, ContainersParams, K3sParams
+from recipes.params import AgentParams, BaseParams, BootParams, ContainersParams, K3sParams
 from recipes.venv import installed, wheelhouse_digest
 
 TEMPLATES = Path(configs.__file__).parent / "templates"
 K3S_MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
 K3S_IMAGES = "/var/lib/rancher/k3s/agent/images"
+
+
+# Every file gets an explicit mode: pyinfra uploads land 0600, and daemons that drop
+# privileges (networkd reads .network files as its own user) must read them.
 
 
 def _tpl(name: str) -> str:
@@ -32,8 +36,8 @@ def _tpl(name: str) -> str:
 
 @deploy("base")
 def base(p: BaseParams) -> None:
-    files.put(name="Hostname", src=StringIO(p.hostname + "\n"), dest="/etc/hostname")
-    files.template(name="/etc/hosts", src=_tpl("hosts.j2"), dest="/etc/hosts",
+    files.put(mode="644", name="Hostname", src=StringIO(p.hostname + "\n"), dest="/etc/hostname")
+    files.template(mode="644", name="/etc/hosts", src=_tpl("hosts.j2"), dest="/etc/hosts",
                    hostname=p.hostname)
     for u in p.users:
         server.user(name=f"User {u.name}", user=u.name, shell="/bin/bash", create_home=True,
@@ -49,27 +53,29 @@ def base(p: BaseParams) -> None:
                           dest="/etc/ssh/sshd_config.d/mycelium.conf", mode="644",
                           users=p.users)
     # Host keys are never baked into an image: ssh makes missing ones before it starts.
-    keygen = files.put(name="ssh host keys at first start",
-                       src=StringIO("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n"),
+    keygen = files.put(mode="644", name="ssh host keys at first start",
+                       src=StringIO("[Service]\nExecStartPre=\n"
+                                    "ExecStartPre=/usr/bin/ssh-keygen -A\n"
+                                    "ExecStartPre=/usr/sbin/sshd -t\n"),
                        dest="/etc/systemd/system/ssh.service.d/mycelium-hostkeys.conf",
                        create_remote_dir=True)
     units.service(name="ssh", unit="ssh.service", restarted=sshd.will_change,
                   daemon_reload=keygen.will_change)
-    sysctl = files.template(name="sysctl", src=_tpl("sysctl.conf.j2"),
+    sysctl = files.template(mode="644", name="sysctl", src=_tpl("sysctl.conf.j2"),
                             dest="/etc/sysctl.d/90-mycelium.conf")
     units.service(name="apply sysctl", unit="systemd-sysctl.service",
                   restarted=sysctl.will_change)
-    journald = files.template(name="journald limits", src=_tpl("journald.conf.j2"),
+    journald = files.template(mode="644", name="journald limits", src=_tpl("journald.conf.j2"),
                               dest="/etc/systemd/journald.conf.d/mycelium.conf",
                               create_remote_dir=True, journal_max_mb=p.journal_max_mb)
     units.service(name="journald", unit="systemd-journald.service",
                   restarted=journald.will_change)
-    ntp = files.template(name="time sync", src=_tpl("timesyncd.conf.j2"),
+    ntp = files.template(mode="644", name="time sync", src=_tpl("timesyncd.conf.j2"),
                          dest="/etc/systemd/timesyncd.conf.d/mycelium.conf",
                          create_remote_dir=True, ntp_servers=p.ntp_servers)
     units.service(name="timesyncd", unit="systemd-timesyncd.service",
                   restarted=ntp.will_change)
-    files.template(name="wired network", src=_tpl("wired.network.j2"),
+    files.template(mode="644", name="wired network", src=_tpl("wired.network.j2"),
                    dest="/etc/systemd/network/20-wired.network")
     units.service(name="networkd", unit="systemd-networkd.service")
     units.service(name="resolved", unit="systemd-resolved.service")
@@ -85,11 +91,11 @@ def agent(p: AgentParams, source_wheelhouse: str = "") -> None:
     if source_wheelhouse:
         digest = wheelhouse_digest(Path(source_wheelhouse))
         for whl in sorted(Path(source_wheelhouse).glob("*.whl")):
-            files.put(name=f"wheel {whl.name}", src=str(whl),
+            files.put(mode="644", name=f"wheel {whl.name}", src=str(whl),
                       dest=f"{p.wheelhouse}/{whl.name}", create_remote_dir=True)
     install = installed(name="Agent virtual environment", venv=p.venv,
                         wheelhouse=p.wheelhouse, digest=digest)
-    unit = files.template(name="Agent unit", src=_tpl("mycelium-agent.service.j2"),
+    unit = files.template(mode="644", name="Agent unit", src=_tpl("mycelium-agent.service.j2"),
                           dest="/etc/systemd/system/mycelium-agent.service",
                           venv=p.venv, data_dir=p.data_dir, listen=p.listen)
     units.service(name="Agent service", unit="mycelium-agent.service", running=p.running,
@@ -116,13 +122,13 @@ def k3s(p: K3sParams | None) -> None:
     unit_name = "k3s.service" if p.role == "server" else "k3s-agent.service"
     other = "k3s-agent.service" if p.role == "server" else "k3s.service"
     units.service(name=f"{other} unloaded", unit=other, enabled=False, running=False)
-    unit = files.template(name="K3s unit", src=_tpl("k3s.service.j2"), role=p.role,
+    unit = files.template(mode="644", name="K3s unit", src=_tpl("k3s.service.j2"), role=p.role,
                           dest=f"/etc/systemd/system/{unit_name}")
     if p.role == "server":
         keep = {f"mycelium-{n}.yaml" for n in p.manifests}
         for name, text in sorted(p.manifests.items()):
-            files.put(name=f"Manifest {name}", src=StringIO(text), create_remote_dir=True,
-                      dest=f"{K3S_MANIFESTS}/mycelium-{name}.yaml")
+            files.put(mode="644", name=f"Manifest {name}", src=StringIO(text),
+                      create_remote_dir=True, dest=f"{K3S_MANIFESTS}/mycelium-{name}.yaml")
         for path in host.get_fact(FindFiles, path=K3S_MANIFESTS, fname="mycelium-*.yaml"):
             if Path(path).name not in keep:
                 files.file(name=f"Remove manifest {Path(path).name}", path=path,
@@ -143,3 +149,19 @@ def containers(p: ContainersParams | None) -> None:
         if name not in wanted:
             podman.kube(name=f"Remove service {name}", svc=name, present=False)
 
+
+
+@deploy("image boot")
+def image_boot(p: BootParams) -> None:
+    """Only for images: mounts by label, and the one-shot first-boot service."""
+    files.template(mode="644", name="fstab", src=_tpl("fstab.j2"), dest="/etc/fstab",
+                   boot_label=p.boot_label, boot_mount=p.boot_mount)
+    files.directory(name="boot partition mount point", path=p.boot_mount)
+    files.template(name="first-boot script", src=_tpl("mycelium-firstboot.sh.j2"),
+                   dest="/usr/local/sbin/mycelium-firstboot", mode="755",
+                   boot_mount=p.boot_mount, data_dir=p.data_dir, port=p.port)
+    files.template(mode="644", name="first-boot unit", src=_tpl("mycelium-firstboot.service.j2"),
+                   dest="/etc/systemd/system/mycelium-firstboot.service",
+                   boot_mount=p.boot_mount, data_dir=p.data_dir)
+    units.service(name="first-boot service", unit="mycelium-firstboot.service",
+                  running=False)

@@ -52,5 +52,15 @@ class ContainersParams:
     manifests: dict[str, str] = field(default_factory=dict)  # name -> Kubernetes YAML
 
 
+@dataclass(frozen=True)
+class BootParams:
+    """What only a built image needs: mounts and the first-boot service."""
+
+    boot_label: str = "MYCBOOT"
+    boot_mount: str = "/boot/efi"
+    data_dir: str = "/var/lib/mycelium"
+    port: int = 7946
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)

@@ -76,7 +76,7 @@ def _command_text(cmd: Any) -> str:
 def run(target: str, steps: Sequence[Step], *, dry_run: bool = False) -> Report:
     """Plan `steps` against `target` and, unless dry_run, apply them."""
     start = time.monotonic()
-    logging.getLogger("pyinfra").setLevel(logging.WARNING)
+    logging.getLogger("pyinfra").setLevel(logging.ERROR)  # not its CLI banners
     inventory = Inventory(([target], {}))
     state = State(inventory, Config())
     error = ""
