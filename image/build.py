@@ -8,7 +8,6 @@ make_filesystems -> assemble_disk -> compress -> write_manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from image.errors import BuildError
 from image.progress import TIMINGS, step
 from image.rootfs import bootstrap, unpack
 from image.wheels import build_wheelhouse
+from recipes.artifact import file_sha256
 from recipes.params import AgentParams, BaseParams, BootParams, UserSpec
 
 # Kernel module trees a headless node never loads (sound, GPUs, cameras, radios):
@@ -204,10 +204,10 @@ def write_manifest(ctx: BuildContext) -> Path:
         ctx.manifest = {
             "board": ctx.board.name, "arch": ctx.board.arch, "built": time.time(),
             "image": ctx.image.name, "size_bytes": ctx.image.stat().st_size,
-            "sha256": _sha256(ctx.image),
+            "sha256": file_sha256(ctx.image),
             "xz": xz.name if xz.exists() else None,
             "xz_size_bytes": xz.stat().st_size if xz.exists() else None,
-            "xz_sha256": _sha256(xz) if xz.exists() else None,
+            "xz_sha256": file_sha256(xz) if xz.exists() else None,
             "rootfs_mb": round(_du_mb(ctx.rootfs)), "space": _space(ctx.rootfs),
             "packages": dict(p.split(" ", 1) for p in pkgs if " " in p),
             "personalised": ctx.network is not None, "node_name": ctx.node_name,
@@ -216,14 +216,6 @@ def write_manifest(ctx: BuildContext) -> Path:
         path = ctx.out / f"{ctx.name}.manifest.json"
         path.write_text(json.dumps(ctx.manifest, indent=2) + "\n")
     return path
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _du_mb(p: Path) -> float:
