@@ -10,11 +10,11 @@ import shutil
 import time
 
 import pytest
-from rootfs_fixture import fresh_rootfs, wheels
 
 from agent.plan import assumed_share, plan_node
 from agent.schema import parse_state
 from recipes.run import run
+from rootfs_fixture import fresh_rootfs, wheels
 
 pytestmark = pytest.mark.bench
 STATE = b"""schema: 1
