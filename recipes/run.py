@@ -21,8 +21,6 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_host, ctx_state
 
-from recipes.errors import ApplyError
-
 Step = tuple[Callable[..., None], tuple[Any, ...]]  # a deploy function and its arguments
 
 
@@ -81,9 +79,13 @@ def run(target: str, steps: Sequence[Step], *, dry_run: bool = False) -> Report:
     state = State(inventory, Config())
     error = ""
     try:
-        connect_all(state)
+        try:
+            connect_all(state)
+        except PyinfraError:
+            pass
         if not state.active_hosts:
-            raise ApplyError(f"cannot reach {target}")
+            raise PyinfraError(f"cannot connect to {target}: use @local, @chroot/ABS/DIR "
+                               "(an existing root filesystem) or an SSH host")
         for func, args in steps:
             add_deploy(state, func, *args)
         if not dry_run:

@@ -52,3 +52,10 @@ def test_every_operation_and_fact_has_cases():
             if (inspect.isclass(obj) and issubclass(obj, FactBase) and obj is not FactBase
                     and obj.__module__ == mod.__name__):
                 assert f"{short}.{name}" in have_facts, f"no case for fact {short}.{name}"
+
+
+def test_unreachable_target_is_one_clear_error():
+    from recipes.run import run
+
+    report = run("@chroot/nonexistent-rootfs", [], dry_run=True)
+    assert not report.ok and "cannot connect to @chroot/nonexistent-rootfs" in report.error
