@@ -80,7 +80,8 @@ def run(target: str, steps: Sequence[Step], *, dry_run: bool = False) -> Report:
     error = ""
     try:
         try:
-            connect_all(state)
+            with ctx_state.use(state):
+                connect_all(state)
         except PyinfraError:
             pass
         if not state.active_hosts:
