@@ -6,11 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.errors import ConfigError
 from agent.netdir import find_network
 from agent.signed import now_utc, parse_duration
 from agent.statefile import VersionStore, atomic_write, read_input
-from agent.tokens import ROLES, create_token
+from agent.tokens import ROLES
 from agent.trust import verify_envelope
 
 
@@ -137,16 +136,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    net = find_network(args.network)
-    root = net.root()
-    keys = net.signing_keys(root, "admin" if args.admin else "root")
-    need = 1 if args.admin else root.role("root").threshold
-    if len(keys) < need:
-        raise ConfigError(f"need {need} {'admin' if args.admin else 'root'} key(s) in "
-                          f"{net.keys_dir}, found {len(keys)}")
-    token = create_token(root, keys[:need], args.role, parse_duration(args.ttl),
-                         args.node_name)
-    print(token)
+    from agent.identity import make_token
+
+    print(make_token(find_network(args.network), args.role, parse_duration(args.ttl),
+                     args.node_name, admin=args.admin))
     return 0
 
 

@@ -64,11 +64,7 @@ def load_plan(args: argparse.Namespace) -> NodePlan:
 
 
 def _node_plan(data_dir: Path, name: str | None, settings: NodeSettings) -> NodePlan:
-    from agent.envelope import Envelope
     from agent.nodedir import NodeDir
-    from agent.schema import parse_state
-    from agent.signed import SignedDocument
-    from agent.trust import MAX_ENVELOPE_BYTES
 
     node = NodeDir(data_dir)
     name = name or node.identity().name
@@ -77,12 +73,10 @@ def _node_plan(data_dir: Path, name: str | None, settings: NodeSettings) -> Node
         plan = plan_from_dict(json.loads(last.read_text()))
         if plan.node == name:
             return plan
-    raw = node.store.envelope()
-    if raw is None:
+    held = node.held()
+    if held is None:
         raise ConfigError(f"{data_dir} holds no accepted state yet; push one first")
-    env = Envelope.from_dict(SignedDocument.from_bytes(raw, "held envelope",
-                                                       MAX_ENVELOPE_BYTES).signed)
-    state = parse_state(env.payload, f"state v{env.version}")
+    env, state = held
     return plan_node(state, env.version, name, assumed_share(state, name), settings)
 
 

@@ -111,14 +111,14 @@ def wait_ready(node: ClusterNode, timeout: float = 60.0) -> None:
         text = Path(node.log).read_text(errors="replace") if Path(node.log).exists() else ""
         if "mycelium agent ready" in text:
             return
-        if node.pid and not _alive(node.pid):
+        if node.pid and not pid_alive(node.pid):
             tail = text.strip().splitlines()[-3:]
             raise PeerError(f"{node.name} exited before ready: {' | '.join(tail)}")
         time.sleep(0.1)
     raise PeerError(f"{node.name} not ready after {timeout:.0f}s; see {node.log}")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -206,7 +206,7 @@ def cluster_down(directory: Path) -> None:
         kill_node(node, signal.SIGTERM)
     deadline = time.monotonic() + 5
     for node in cluster.nodes:
-        while node.pid and _alive(node.pid) and time.monotonic() < deadline:
+        while node.pid and pid_alive(node.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         kill_node(node, signal.SIGKILL)
     if cluster.netns:

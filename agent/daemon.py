@@ -31,11 +31,11 @@ from agent.errors import ConfigError, DataError, MyceliumError, PeerError, Trans
 from agent.events import EventLog
 from agent.gossip import HttpTransport, LatentSpore, http_routes
 from agent.nodedir import NodeDir, NodeIdentity
-from agent.placement import LiveMember, place
+from agent.placement import live_members, place
 from agent.plan import NodePlan, NodeSettings, plan_node
 from agent.reconcile import Reconciler
 from agent.schema import parse_state
-from agent.signed import SignedDocument, now_utc
+from agent.signed import now_utc
 from agent.spore import MAX_SPORE_BYTES
 from agent.swim import Event, Member
 from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
@@ -133,13 +133,10 @@ class Agent:
         self._load_held()
 
     def _load_held(self) -> None:
-        data = self.node.store.envelope()
-        if data is None:
-            return
         try:
-            env = Envelope.from_dict(SignedDocument.from_bytes(data, "held envelope",
-                                                               MAX_ENVELOPE_BYTES).signed)
-            self._adopt(env, parse_state(env.payload, f"state v{env.version}"))
+            held = self.node.held()
+            if held is not None:
+                self._adopt(*held)
         except MyceliumError as e:
             self.events.add("error", f"held envelope unreadable ({e}); waiting for a new one")
 
@@ -311,19 +308,11 @@ class Agent:
         every node computes the same placement from the live members gossip reports."""
         if self.state is None:
             return None
-        by_name = {n.name: n for n in self.state.nodes}
-        live = []
-        for m in self.members():
-            spec = by_name.get(m["name"])
-            if m.get("state") not in ("alive", "suspect") or spec is None:
-                continue
-            live.append(LiveMember(m["name"], m.get("role") or spec.role,
-                                   m["addr"].rsplit(":", 1)[0], spec.labels, spec.runtime))
-        if self.identity.name in by_name and all(x.name != self.identity.name for x in live):
-            spec = by_name[self.identity.name]
-            live.append(LiveMember(spec.name, self.identity.role,
-                                   self.identity.listen.rsplit(":", 1)[0], spec.labels,
-                                   spec.runtime))
+        seen = {m["name"]: (m.get("role") or "", m["addr"].rsplit(":", 1)[0])
+                for m in self.members() if m.get("state") in ("alive", "suspect")}
+        seen.setdefault(self.identity.name,  # this node is alive, whatever gossip says
+                        (self.identity.role, self.identity.listen.rsplit(":", 1)[0]))
+        live = live_members(self.state, seen)
         return place(self.state, live, version=self.held_version).get(self.identity.name)
 
     def make_plan(self) -> NodePlan | None:

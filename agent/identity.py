@@ -106,6 +106,20 @@ def rotate_root(net: NetworkDir, root_keys: int = 1, threshold: int = 1) -> Root
     return root
 
 
+def make_token(net: NetworkDir, role: str, ttl: timedelta, node_name: str | None = None,
+               admin: bool = False) -> str:
+    """A join token signed with the network's root keys (threshold) or one admin key."""
+    from agent.tokens import create_token
+
+    root = net.root()
+    keys = net.signing_keys(root, "admin" if admin else "root")
+    need = 1 if admin else root.role("root").threshold
+    if len(keys) < need:
+        raise ConfigError(f"need {need} {'admin' if admin else 'root'} key(s) in "
+                          f"{net.keys_dir}, found {len(keys)}")
+    return create_token(root, keys[:need], role, ttl, node_name)
+
+
 def last_signed_version(net: NetworkDir) -> int:
     p = net.state_dir / "signed-version"
     return int(p.read_text()) if p.exists() else 0

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from agent.desired import DesiredState
+from agent.envelope import Envelope
 from agent.errors import ConfigError
 from agent.root import Root
 from agent.serial import dump_json, load_json_object
@@ -55,6 +57,19 @@ class NodeDir:
     @property
     def store(self) -> VersionStore:
         return VersionStore(self.path / "state")
+
+    def held(self) -> tuple[Envelope, DesiredState] | None:
+        """The accepted envelope and its state (verified when accepted), or None."""
+        from agent.schema import parse_state
+        from agent.signed import SignedDocument
+        from agent.trust import MAX_ENVELOPE_BYTES
+
+        data = self.store.envelope()
+        if data is None:
+            return None
+        env = Envelope.from_dict(SignedDocument.from_bytes(data, "held envelope",
+                                                           MAX_ENVELOPE_BYTES).signed)
+        return env, parse_state(env.payload, f"state v{env.version}")
 
     def enrolled(self) -> bool:
         return self.crt.exists() and self.key.exists() and self.identity_json.exists()

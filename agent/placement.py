@@ -29,6 +29,13 @@ class LiveMember:
 Placement = dict[str, NodeShare]
 
 
+def live_members(state: DesiredState, seen: dict[str, tuple[str, str]]) -> list[LiveMember]:
+    """Members to place on: nodes of the state seen alive, as name -> (role, host).
+    Labels and runtime come from the state; an empty role falls back to the state's."""
+    return [LiveMember(n.name, seen[n.name][0] or n.role, seen[n.name][1], n.labels,
+                       n.runtime) for n in state.nodes if n.name in seen]
+
+
 def _matches(m: LiveMember, selector: dict[str, str]) -> bool:
     return all(m.labels.get(k) == v for k, v in selector.items())
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.desired import DesiredState, NodeShare
+from agent.desired import DesiredState, NodeShare, User
 from agent.errors import ConfigError
 from agent.manifests import k3s_manifest, podman_manifest
-from agent.placement import LiveMember, place
-from recipes.params import AgentParams, BaseParams, ContainersParams, K3sParams, UserSpec
+from agent.placement import live_members, place
+from recipes.params import AgentParams, BaseParams, ContainersParams, K3sParams
 
 if TYPE_CHECKING:
     from recipes.run import Step
@@ -56,10 +56,9 @@ class NodePlan:
 
 def assumed_share(state: DesiredState, node: str) -> NodeShare:
     """The share `node` would get if every node in the state were alive (operator view)."""
-    live = [LiveMember(n.name, n.role, (n.addresses[0].rsplit(":", 1)[0] if n.addresses
-                                        else n.name), n.labels, n.runtime)
-            for n in state.nodes]
-    share = place(state, live).get(node)
+    seen = {n.name: (n.role, n.addresses[0].rsplit(":", 1)[0] if n.addresses else n.name)
+            for n in state.nodes}
+    share = place(state, live_members(state, seen)).get(node)
     if share is None:
         raise ConfigError(f"node {node!r} is not in network.yaml")
     return share
@@ -71,7 +70,6 @@ def plan_node(state: DesiredState, version: int, node_name: str, share: NodeShar
     if node is None:
         raise ConfigError(f"node {node_name!r} is not in network.yaml (nodes: "
                           f"{', '.join(n.name for n in state.nodes) or 'none'})")
-    users = tuple(UserSpec(u.name, u.ssh_keys, u.sudo) for u in state.users)
     components = ["base", "agent"]
     waiting: list[str] = []
     k3s = None
@@ -98,14 +96,14 @@ def plan_node(state: DesiredState, version: int, node_name: str, share: NodeShar
         waiting.append("vm-runtime: endophytes are placed here but this version has no VM "
                        "recipe yet")
     return NodePlan(node.name, node.role, version, tuple(components),
-                    BaseParams(node.name, users), settings.agent, k3s, containers,
+                    BaseParams(node.name, state.users), settings.agent, k3s, containers,
                     tuple(waiting), asdict(share))
 
 
 def plan_from_dict(d: dict[str, Any]) -> NodePlan:
     """Inverse of NodePlan.to_dict (the agent hands plans to its apply subprocess as JSON)."""
     b = d["base"]
-    base = BaseParams(b["hostname"], tuple(UserSpec(u["name"], tuple(u["ssh_keys"]), u["sudo"])
+    base = BaseParams(b["hostname"], tuple(User(u["name"], tuple(u["ssh_keys"]), u["sudo"])
                                            for u in b["users"]),
                       tuple(b["ntp_servers"]), b["journal_max_mb"])
     k3s = K3sParams(**d["k3s"]) if d.get("k3s") else None

@@ -13,16 +13,19 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+from agent.desired import User
+from agent.netdir import NetworkDir
 from image.boards import Board
-from image.disk import ext4_size_mb, make_ext4, make_vfat
+from image.disk import du_kib, ext4_size_mb, make_ext4, make_vfat
 from image.errors import BuildError
 from image.progress import TIMINGS, step
 from image.rootfs import bootstrap, unpack
 from image.wheels import build_wheelhouse
 from recipes.artifact import file_sha256
-from recipes.params import AgentParams, BaseParams, BootParams, UserSpec
+from recipes.params import AgentParams, BaseParams, BootParams
 
 # Kernel module trees a headless node never loads (sound, GPUs, cameras, radios):
 # about 150 MB of the 380 MB the Debian kernel ships.
@@ -45,7 +48,7 @@ class BuildContext:
     k3s_artifact: str = ""
     compress: bool = True
     name: str = ""
-    users: tuple[UserSpec, ...] = ()
+    users: tuple[User, ...] = ()
     manifest: dict = field(default_factory=dict)
 
     @property
@@ -112,8 +115,6 @@ def personalise(ctx: BuildContext) -> None:
     """The FAT mycelium/ folder: what first boot reads (image/firstboot docs in README)."""
     if ctx.network is None:
         return
-    from agent.netdir import NetworkDir
-
     net = NetworkDir(ctx.network)
     with step(f"Personalising for network {ctx.network}"):
         d = ctx.boot_dir
@@ -127,39 +128,26 @@ def personalise(ctx: BuildContext) -> None:
         if ctx.first_node:
             _bootstrap_first(ctx, net)
         else:
-            (d / "token").write_text(_token(net, ctx.node_name) + "\n")
+            from agent.identity import make_token
+
+            token = make_token(net, "rhizomorph", timedelta(days=30), ctx.node_name or None)
+            (d / "token").write_text(token + "\n")
         shutil.copy(net.spore_json, d / "spore.json")  # after bootstrap: it lists us
 
 
-def _bootstrap_first(ctx: BuildContext, net: object) -> None:
+def _bootstrap_first(ctx: BuildContext, net: NetworkDir) -> None:
     from agent.bootstrap import bootstrap_first_node
 
     if not (ctx.node_name and ctx.listen):
         raise BuildError("--first-node needs --node-name and --listen HOST:PORT")
-    bootstrap_first_node(net, ctx.boot_dir / "data", ctx.node_name, ctx.listen)  # type: ignore[arg-type]
+    bootstrap_first_node(net, ctx.boot_dir / "data", ctx.node_name, ctx.listen)
     (ctx.boot_dir / "advertise").write_text(ctx.listen + "\n")
 
 
-def _token(net: object, node_name: str) -> str:
-    from datetime import timedelta
-
-    from agent.tokens import create_token
-
-    root = net.root()  # type: ignore[attr-defined]
-    keys = net.signing_keys(root, "root")  # type: ignore[attr-defined]
-    need = root.role("root").threshold
-    if len(keys) < need:
-        raise BuildError(f"need {need} root key(s) in the network dir to make a join token")
-    return create_token(root, keys[:need], "rhizomorph", timedelta(days=30),
-                        node_name or None)
-
-
-def _network_users(network: Path) -> tuple[UserSpec, ...]:
-    from agent.netdir import NetworkDir
+def _network_users(network: Path) -> tuple[User, ...]:
     from agent.schema import parse_state
 
-    state = parse_state(NetworkDir(network).network_yaml.read_bytes())
-    return tuple(UserSpec(u.name, u.ssh_keys, u.sudo) for u in state.users)
+    return parse_state(NetworkDir(network).network_yaml.read_bytes()).users
 
 
 def make_filesystems(ctx: BuildContext) -> tuple[Path, Path]:
@@ -208,7 +196,7 @@ def write_manifest(ctx: BuildContext) -> Path:
             "xz": xz.name if xz.exists() else None,
             "xz_size_bytes": xz.stat().st_size if xz.exists() else None,
             "xz_sha256": file_sha256(xz) if xz.exists() else None,
-            "rootfs_mb": round(_du_mb(ctx.rootfs)), "space": _space(ctx.rootfs),
+            "rootfs_mb": round(du_kib(ctx.rootfs) / 1024), "space": _space(ctx.rootfs),
             "packages": dict(p.split(" ", 1) for p in pkgs if " " in p),
             "personalised": ctx.network is not None, "node_name": ctx.node_name,
             "steps": {t: round(s, 1) for t, s in TIMINGS},
@@ -218,17 +206,12 @@ def write_manifest(ctx: BuildContext) -> Path:
     return path
 
 
-def _du_mb(p: Path) -> float:
-    out = subprocess.run(["du", "-sxk", str(p)], capture_output=True, text=True).stdout
-    return int(out.split()[0]) / 1024
-
-
 def _space(root: Path) -> dict[str, int]:
     """Where the space goes (MB), for the size figures in the README."""
     parts = ["usr/lib/modules", "opt/mycelium/venv", "opt/mycelium/wheels",
              "usr/lib/python3.11", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
              "usr/share", "boot", "usr/lib/firmware", "var"]
-    return {p: round(_du_mb(root / p)) for p in parts if (root / p).exists()}
+    return {p: round(du_kib(root / p) / 1024) for p in parts if (root / p).exists()}
 
 
 def build_image(ctx: BuildContext) -> Path:

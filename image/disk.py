@@ -55,7 +55,7 @@ def _ceil_mib(nbytes: int) -> int:
     return max(1, -(-nbytes // MIB))
 
 
-def _du_kib(tree: Path) -> int:
+def du_kib(tree: Path) -> int:
     """Allocated size of a tree as the host filesystem counts it, without crossing mounts."""
     out = _run(["du", "-skx", str(tree)], f"measuring {tree}")
     return int(out.split()[0])
@@ -70,7 +70,7 @@ def ext4_size_mb(tree: Path, headroom: float = 0.25, extra_mb: int = 64) -> int:
     """
     if not tree.is_dir():
         raise BuildError(f"rootfs {tree} is not a directory; bootstrap it first")
-    data_mb = _du_kib(tree) / 1024
+    data_mb = du_kib(tree) / 1024
     entries = sum(1 + len(dirs) + len(files) for _, dirs, files in os.walk(tree))
     inode_mb = entries * 16384 * 1.5 / MIB
     size = max(data_mb, inode_mb) * (1 + headroom) + extra_mb
@@ -87,7 +87,7 @@ def make_ext4(rootfs_dir: Path, out: Path, size_mb: int, label: str = "root") ->
         raise BuildError(f"rootfs {rootfs_dir} is not a directory; bootstrap it first")
     if len(label.encode()) > 16:
         raise BuildError(f"ext4 label {label!r} is longer than 16 bytes; shorten it")
-    used_mb = _du_kib(rootfs_dir) / 1024
+    used_mb = du_kib(rootfs_dir) / 1024
     if used_mb > size_mb:
         raise BuildError(f"rootfs {rootfs_dir} needs {used_mb:.0f} MiB but the ext4 image is "
                          f"{size_mb} MiB; pass a size from ext4_size_mb()")

@@ -9,18 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-
-@dataclass(frozen=True)
-class UserSpec:
-    name: str
-    ssh_keys: tuple[str, ...] = ()
-    sudo: bool = False
+from agent.desired import User
 
 
 @dataclass(frozen=True)
 class BaseParams:
     hostname: str
-    users: tuple[UserSpec, ...] = ()
+    users: tuple[User, ...] = ()
     ntp_servers: tuple[str, ...] = ()
     journal_max_mb: int = 64
 

@@ -7,27 +7,15 @@ show that the runner starts QEMU, captures the console and never leaves QEMU beh
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
+from agent.cluster import pid_alive
 from image import qemu
 from image.errors import BuildError
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); only a reaped or absent process counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_command_line_follows_platform_notes(tmp_path: Path) -> None:
@@ -88,7 +76,7 @@ def test_ovmf_console_and_cleanup(tmp_path: Path) -> None:
         with pytest.raises(BuildError, match="not seen within 1 s"):
             g.wait_for("no such text", timeout=1)
         g.stop(timeout=2)
-        assert not g.running and not _alive(pid)
+        assert not g.running and not pid_alive(pid)
     assert g.serial_log.stat().st_size > 0
 
 
@@ -98,7 +86,7 @@ def test_exit_kills_qemu_even_on_error(tmp_path: Path) -> None:
         with qemu.Guest(None, tmp_path, name="leak", memory_mb=128, ssh=False) as g:
             pid = g._proc.pid  # noqa: SLF001
             raise RuntimeError("test body failed")
-    assert not _alive(pid)
+    assert not pid_alive(pid)
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86")
