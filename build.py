@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-name", default="", help="name of the node this image is for")
     p.add_argument("--first-node", action="store_true", help="make this the network's first "
                    "sclerotium (its bootstrap data dir, with the CA key, goes on the image)")
-    p.add_argument("--listen", default="", help="first node: HOST:PORT it advertises")
+    p.add_argument("--listen", default="", help="HOST:PORT the node advertises to peers "
+                   "(required with --first-node; default: its default route's address)")
+    p.add_argument("--network-config", action="append", default=[], metavar="FILE",
+                   help="a systemd-networkd .network file (static address, VLAN...) applied "
+                   "at first boot; repeatable")
     p.add_argument("--join", action="append", default=[], metavar="HOST:PORT",
                    help="peers to contact at first boot besides the seed spore's")
     p.add_argument("--k3s-artifact", default="", help="path or URL of the K3s binary "
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = BuildContext(board, Path(args.out), Path(args.work or tmp),
                            Path(args.network) if args.network else None, args.node_name,
                            args.first_node, args.listen, tuple(args.join), args.k3s_artifact,
-                           not args.no_xz, name)
+                           not args.no_xz, name,
+                           network_files=tuple(Path(f) for f in args.network_config))
         try:
             build_image(ctx)
         except BuildError as e:

@@ -60,6 +60,12 @@ def routes(agent: Agent) -> list[web.RouteDef]:
     async def share(_: web.Request) -> web.Response:
         return web.json_response(agent.share_info())
 
+    async def k3s_token(_: web.Request) -> web.Response:
+        token = agent.k3s_token_local()
+        if token is None:
+            return web.json_response({"error": "not a sclerotium; ask one"}, status=404)
+        return web.json_response({"token": token})
+
     return [
         web.get(f"{API}/node", node),
         web.get(f"{API}/members", members),
@@ -69,4 +75,5 @@ def routes(agent: Agent) -> list[web.RouteDef]:
         web.get(f"{API}/status", status),
         web.get(f"{API}/events", events),
         web.get(f"{API}/share", share),
+        web.get(f"{API}/k3s-token", k3s_token),
     ]

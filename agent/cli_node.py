@@ -204,16 +204,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(2)
 
 
+def _apply_cell(st: dict[str, Any]) -> str:
+    """Reconcile status as gossiped (agent/reconcile.py summary): ok, waiting, degraded..."""
+    cell = str(st.get("status") or "-")
+    if st.get("failed"):
+        cell += f" ({st['failed']} failed)"
+    return cell
+
+
 def format_members(members: list[dict[str, Any]], now: float | None = None) -> str:
     now = now or time.time()
-    head = ("NAME", "ROLE", "STATE", "VERSION", "APPLIED", "CONVERGENCE", "ADDRESS", "SEEN")
+    head = ("NAME", "ROLE", "STATE", "VERSION", "APPLIED", "APPLY", "ADDRESS", "SEEN")
     rows = [head]
     for m in sorted(members, key=lambda m: m.get("name", "")):
         st = m.get("status") or {}
         seen = m.get("last_seen")
         rows.append((str(m.get("name", "?")), str(m.get("role", "?")), str(m.get("state", "?")),
                      f"v{m.get('version') or 0}", f"v{st.get('applied_version', 0)}",
-                     str(st.get("health", "-")), str(m.get("addr", "")),
+                     _apply_cell(st), str(m.get("addr", "")),
                      f"{max(0.0, now - seen):.0f}s ago" if seen else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

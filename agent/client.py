@@ -19,6 +19,24 @@ from agent.errors import DataError, MyceliumError, PeerError
 MAX_REPLY_BYTES = 4 << 20
 
 
+async def fetch_k3s_token(addrs: list[str], ctx: ssl.SSLContext) -> str:
+    """The K3s token from the first sclerotium in `addrs` that gives it, or ""."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        for addr in addrs:
+            try:
+                async with s.get(f"https://{addr}/api/v1/k3s-token", ssl=ctx) as r:
+                    if r.status == 200:
+                        token = (await r.json()).get("token")
+                        if isinstance(token, str) and len(token) == 64:
+                            return token
+            except (aiohttp.ClientError, TimeoutError, ssl.SSLError, ValueError):
+                continue
+    return ""
+
+
 def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3

@@ -23,7 +23,8 @@ import aiohttp
 from aiohttp import web
 
 from agent import api
-from agent.client import check_after_handshake, client_context
+from agent.client import check_after_handshake, client_context, fetch_k3s_token
+from agent.derive import k3s_token
 from agent.desired import DesiredState, NodeShare
 from agent.enroll import EnrolService, enrol, enrol_port, enrol_server_context, split_addr
 from agent.envelope import Envelope
@@ -37,6 +38,7 @@ from agent.reconcile import Reconciler
 from agent.schema import parse_state
 from agent.signed import now_utc
 from agent.spore import MAX_SPORE_BYTES
+from agent.statefile import atomic_write
 from agent.swim import Event, Member
 from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
 from recipes.params import AgentParams
@@ -117,7 +119,8 @@ class Agent:
         self.held_version = node.store.version()
         self.held_sha256 = ""
         self.revoked: set[str] = set()
-        self.status: dict[str, Any] = {"applied_version": 0, "health": "waiting"}
+        # what apply_status() reports when this agent does not reconcile (no --apply-target)
+        self.status: dict[str, Any] = {"applied_version": 0, "status": "off"}
         self.counters = {"refused_envelopes": 0}
         self._lock = asyncio.Lock()
         self._stack = AsyncExitStack()
@@ -182,7 +185,7 @@ class Agent:
         if self.apply_target:
             self.reconciler = await self._stack.enter_async_context(
                 Reconciler(self.node.path, self.apply_target, self.make_plan,
-                           self.drift_interval))
+                           self.drift_interval, prepare=self._fetch_k3s_token))
         self.events.add("start", f"{self.identity.name} ({self.identity.role}) listening on "
                         f"{self.listen}, state v{self.held_version}")
 
@@ -315,6 +318,29 @@ class Agent:
         live = live_members(self.state, seen)
         return place(self.state, live, version=self.held_version).get(self.identity.name)
 
+    def k3s_token_local(self) -> str | None:
+        if not self.node.raft_secret.exists():
+            return None
+        return k3s_token(self.node.raft_secret.read_bytes())
+
+    async def _fetch_k3s_token(self) -> None:
+        """A K3s agent needs the cluster token: sclerotia derive it, others ask a live
+        sclerotium once and keep it in the data dir (0600)."""
+        share = self.share()
+        path = self.node.path / "k3s.token"
+        if share is None or share.k3s_role != "agent" or self.k3s_token_local() or \
+                path.exists():
+            return
+        addrs = [m["addr"] for m in self.members()
+                 if m.get("role") == "sclerotium" and m.get("state") == "alive"]
+        token = await fetch_k3s_token(addrs, self.peer_ssl)
+        if token:
+            atomic_write(path, token.encode(), 0o600)
+
+    def _k3s_token(self) -> str:
+        path = self.node.path / "k3s.token"
+        return self.k3s_token_local() or (path.read_text().strip() if path.exists() else "")
+
     def make_plan(self) -> NodePlan | None:
         share = self.share()
         self._last_share = share
@@ -322,7 +348,7 @@ class Agent:
             return None
         return plan_node(self.state, self.held_version, self.identity.name, share,
                          NodeSettings(AgentParams(data_dir=str(self.node.path),
-                                                  listen=self.listen)))
+                                                  listen=self.listen), self._k3s_token()))
 
     def node_info(self) -> dict[str, Any]:
         from agent.pki import fingerprint

@@ -15,7 +15,6 @@ they are pickles of our own state, read only from our own disk.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,12 @@ from typing import Any
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.syncobj import FAIL_REASON
 
-from agent.errors import ConfigError, PeerError
+from agent.derive import raft_password
+from agent.errors import PeerError
 
 # Tuned on loopback (PLATFORM.md): ~11 ms commits, ~0.5 s failover, vs ~100 ms default.
 TIMERS = {"autoTickPeriod": 0.005, "appendEntriesPeriod": 0.01, "raftMinTimeout": 0.15,
           "raftMaxTimeout": 0.3, "connectionRetryTime": 0.5}
-
-
-def raft_password(secret: bytes) -> str:
-    if len(secret) < 16:
-        raise ConfigError("Raft secret too short; it must come from `node bootstrap`")
-    return hashlib.sha256(b"mycelium-primary-v1\0" + secret).hexdigest()
 
 
 class PrimaryStore(SyncObj):

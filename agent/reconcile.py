@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ class Reconciler:
     """Owns the loop task; `kick()` asks for a run soon (coalesced)."""
 
     def __init__(self, data_dir: Path, target: str, make_plan: Callable[[], NodePlan | None],
-                 drift_interval: float = 300.0) -> None:
+                 drift_interval: float = 300.0,
+                 prepare: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`prepare` runs before each plan: it fetches what the plan needs from the network."""
+        self.prepare = prepare
         self.dir = data_dir
         self.target = target
         self.make_plan = make_plan
@@ -88,6 +91,8 @@ class Reconciler:
                 delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
 
     async def run_once(self) -> bool:
+        if self.prepare is not None:
+            await self.prepare()
         plan = self.make_plan()
         if plan is None:
             return True  # no accepted state yet: nothing to converge to

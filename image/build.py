@@ -43,12 +43,13 @@ class BuildContext:
     network: Path | None = None  # operator's network dir, to personalise the image
     node_name: str = ""
     first_node: bool = False  # bake the network's bootstrap data dir (CA key) in
-    listen: str = ""  # first node: HOST:PORT it advertises
+    listen: str = ""  # HOST:PORT the node advertises (the first node: also the bootstrap one)
     join: tuple[str, ...] = ()
     k3s_artifact: str = ""
     compress: bool = True
     name: str = ""
     users: tuple[User, ...] = ()
+    network_files: tuple[Path, ...] = ()  # systemd-networkd files applied at first boot
     manifest: dict = field(default_factory=dict)
 
     @property
@@ -125,6 +126,15 @@ def personalise(ctx: BuildContext) -> None:
             (d / "node-name").write_text(ctx.node_name + "\n")
         if ctx.join:
             (d / "join").write_text(" ".join(ctx.join) + "\n")
+        if ctx.listen:
+            (d / "advertise").write_text(ctx.listen + "\n")
+        if ctx.network_files:
+            (d / "network").mkdir()
+            for f in ctx.network_files:
+                if f.suffix not in (".network", ".netdev", ".link"):
+                    raise BuildError(f"{f}: a networkd file must end in .network, .netdev "
+                                     "or .link")
+                shutil.copy(f, d / "network" / f.name)
         if ctx.first_node:
             _bootstrap_first(ctx, net)
         else:
@@ -141,7 +151,6 @@ def _bootstrap_first(ctx: BuildContext, net: NetworkDir) -> None:
     if not (ctx.node_name and ctx.listen):
         raise BuildError("--first-node needs --node-name and --listen HOST:PORT")
     bootstrap_first_node(net, ctx.boot_dir / "data", ctx.node_name, ctx.listen)
-    (ctx.boot_dir / "advertise").write_text(ctx.listen + "\n")
 
 
 def _network_users(network: Path) -> tuple[User, ...]:

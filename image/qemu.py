@@ -96,7 +96,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _mac(name: str, index: int) -> str:
+def mac(name: str, index: int) -> str:
     """Stable per guest and NIC: QEMU's default MAC is the same for every guest."""
     h = hashlib.sha256(f"{name}/{index}".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
@@ -179,7 +179,8 @@ class Guest:
 
     def __init__(self, image: Path | None, workdir: Path, *, board: str = "x86_64",
                  name: str | None = None, memory_mb: int = 1024, smp: int = 2,
-                 ssh: bool = True, nets: Sequence[SocketNet] = (),
+                 ssh: bool = True, forward: Sequence[int] = (),
+                 nets: Sequence[SocketNet] = (),
                  direct: DirectBoot | None = None, snapshot: bool = False,
                  no_reboot: bool = False, accel_args: Sequence[str] | None = None,
                  extra_args: Sequence[str] = ()) -> None:
@@ -196,6 +197,8 @@ class Guest:
         self.serial_log = workdir / f"{self.name}.serial.log"
         self.qemu_log = workdir / f"{self.name}.qemu.log"
         self._ssh_port: int | None = None
+        # guest TCP ports reachable on 127.0.0.1:<host port> (e.g. the agent's 7946)
+        self.forwards = {p: free_port() for p in forward}
         self._proc: subprocess.Popen[bytes] | None = None
         # A socket path must fit in 108 bytes, which pytest's tmp_path does not promise.
         self._qmp_path = Path(tempfile.gettempdir()) / f"mycelium-qmp-{uuid.uuid4().hex}.sock"
@@ -229,12 +232,13 @@ class Guest:
         if b.nic == "virtio-net-pci":
             argv += ["-device", "virtio-rng-pci"]  # first-boot key generation needs entropy
         if self.ssh:
-            fwd = f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+            fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}"
+                           for g, h in {22: self.ssh_port, **self.forwards}.items())
             argv += ["-netdev", f"user,id=n0,{fwd}",
-                     "-device", f"{b.nic},netdev=n0,mac={_mac(self.name, 0)}"]
+                     "-device", f"{b.nic},netdev=n0,mac={mac(self.name, 0)}"]
         for i, net in enumerate(self.nets, start=1):
             argv += ["-netdev", net.netdev(f"n{i}"),
-                     "-device", f"{b.nic},netdev=n{i},mac={_mac(self.name, i)}"]
+                     "-device", f"{b.nic},netdev=n{i},mac={mac(self.name, i)}"]
         argv += [*b.serial, "-serial", f"file:{_opt(self.serial_log)}"]
         argv += ["-qmp", f"unix:{_opt(self._qmp_path)},server=on,wait=off"]
         argv += ["-no-reboot"] if self.no_reboot else []

@@ -141,7 +141,9 @@ def k3s(p: K3sParams | None) -> None:
 def containers(p: ContainersParams | None) -> None:
     wanted = p.manifests if p else {}
     if wanted:
-        apt.packages(name="podman", packages=["podman"], update=True, cache_time=86400)
+        # catatonit is podman's pause-process init: only a Recommends, which nodes skip
+        apt.packages(name="podman", packages=["podman", "catatonit"], update=True,
+                     cache_time=86400)
     for name, text in sorted(wanted.items()):
         podman.kube(name=f"Service {name}", svc=name, manifest=text)
     for path in host.get_fact(FindFiles, path=podman.KUBE_DIR, fname="*.yaml"):

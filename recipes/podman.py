@@ -25,27 +25,31 @@ def manifest_path(name: str) -> str:
     return f"{KUBE_DIR}/{name}.yaml"
 
 
+def service_pods(pods: dict[str, dict], svc: str) -> dict[str, dict]:
+    """kube play names a Deployment's pods SVC-pod-0, SVC-pod-1... (a bare Pod: SVC-pod)."""
+    return {n: p for n, p in pods.items() if n == f"{svc}-pod" or n.startswith(f"{svc}-pod-")}
+
+
 @operation()
 def kube(svc: str, manifest: str = "", present: bool = True) -> Generator:
     """Run (or with present=False remove) the pods of `manifest` under the name `svc`."""
-    name = svc
-    path = manifest_path(name)
+    path = manifest_path(svc)
     held = host.get_fact(Sha256File, path=path)
-    pod = host.get_fact(PodmanPods).get(f"{name}-pod")
+    pods = service_pods(host.get_fact(PodmanPods), svc)
     if not present:
-        if held is None and pod is None:
-            host.noop(f"{name}: not running")
+        if held is None and not pods:
+            host.noop(f"{svc}: not running")
             return
         if held is not None:
             yield f"podman kube down {shlex.quote(path)} || true"
             yield f"rm -f {shlex.quote(path)}"
-        if pod is not None:
-            yield f"podman pod rm -f {shlex.quote(name + '-pod')}"
+        else:  # pods without their manifest: remove them by name
+            yield f"podman pod rm -f {' '.join(shlex.quote(n) for n in sorted(pods))}"
         return
     want = hashlib.sha256(manifest.encode()).hexdigest()
-    running = pod is not None and pod["status"] == "Running"
+    running = bool(pods) and all(p["status"] == "Running" for p in pods.values())
     if held == want and running:
-        host.noop(f"{name}: running, manifest unchanged")
+        host.noop(f"{svc}: running, manifest unchanged")
         return
     if held != want:
         yield from files.put._inner(src=StringIO(manifest), dest=path, mode="644",

@@ -99,8 +99,9 @@ def run(target: str, steps: Sequence[Step], *, dry_run: bool = False) -> Report:
             ops = _results(state, host, dry_run)
     finally:
         disconnect_all(state)
-    if not error and any(o.success is False for o in ops):
-        error = "an operation failed"
+    failed = [o.name for o in ops if o.success is False]
+    if failed:  # name it, rather than pyinfra's "No hosts remaining!"
+        error = f"{failed[0]} failed"
     return Report(target, dry_run, ops, time.monotonic() - start, error)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from pathlib import Path
 
@@ -198,3 +199,32 @@ def test_join_command_enrols_and_bad_token_is_refused(cluster: Cluster, tmp_path
                  "--name", "y1", "--seed-spore", spore, "--token", expired])
     assert code == 1 and "expired" in capsys.readouterr().err
     assert not (tmp_path / "y" / "node.crt").exists()
+
+
+def test_k3s_token_comes_from_sclerotia_only_over_mutual_tls(cluster: Cluster):
+    from agent.client import client_context, fetch_k3s_token
+    from agent.nodedir import NodeDir
+
+    scl = [n for n in cluster.nodes if n.role == "sclerotium"]
+    others = [n for n in cluster.nodes if n.role != "sclerotium"]
+    assert scl and others
+    token = api(cluster, "/api/v1/k3s-token", scl[0].addr)["token"]
+    assert len(token) == 64
+    refused = asyncio.run(_status(cluster, "/api/v1/k3s-token", others[0].addr))
+    assert refused == 404  # a rhizomorph holds no Raft secret
+    # what a K3s agent node does: ask with its own node certificate, sclerotium last
+    node = NodeDir(Path(others[0].data_dir))
+    ctx = client_context(node.crt, node.key, node.ca_crt)
+    addrs = [n.addr for n in others[1:]] + [scl[0].addr]
+    assert asyncio.run(fetch_k3s_token(addrs, ctx)) == token
+    # a client that trusts the network CA but shows no certificate of its own gets nothing
+    anon = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anon.check_hostname = False
+    anon.load_verify_locations(cafile=str(node.ca_crt))
+    assert asyncio.run(fetch_k3s_token([scl[0].addr], anon)) == ""
+
+
+async def _status(c: Cluster, path: str, addr: str) -> int:
+    async with operator_hypha(NetworkDir(c.network), [addr]) as h:
+        _, status, _ = await h.call("GET", path)
+        return status
