@@ -327,19 +327,17 @@ class Agent:
         """A K3s agent needs the cluster token: sclerotia derive it, others ask a live
         sclerotium once and keep it in the data dir (0600)."""
         share = self.share()
-        path = self.node.path / "k3s.token"
-        if share is None or share.k3s_role != "agent" or self.k3s_token_local() or \
-                path.exists():
+        if share is None or share.k3s_role != "agent" or self._k3s_token():
             return
         addrs = [m["addr"] for m in self.members()
                  if m.get("role") == "sclerotium" and m.get("state") == "alive"]
         token = await fetch_k3s_token(addrs, self.peer_ssl)
         if token:
-            atomic_write(path, token.encode(), 0o600)
+            atomic_write(self.node.k3s_token, token.encode(), 0o600)
 
     def _k3s_token(self) -> str:
-        path = self.node.path / "k3s.token"
-        return self.k3s_token_local() or (path.read_text().strip() if path.exists() else "")
+        f = self.node.k3s_token
+        return self.k3s_token_local() or (f.read_text().strip() if f.exists() else "")
 
     def make_plan(self) -> NodePlan | None:
         share = self.share()

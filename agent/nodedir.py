@@ -8,6 +8,7 @@ Layout (all written crash-safely):
   state/                 highest accepted envelope and version (agent/statefile.py)
   peers.json             last known members, to rejoin after a restart without a token
   sclerotium/            ca.key and raft.secret, only on sclerotia (they enrol joiners)
+  k3s.token              the K3s cluster token, on K3s agent nodes (fetched from a sclerotium)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class NodeDir:
     sclerotium_dir = property(lambda self: self.path / "sclerotium")
     ca_key = property(lambda self: self.path / "sclerotium" / "ca.key")
     raft_secret = property(lambda self: self.path / "sclerotium" / "raft.secret")
+    k3s_token = property(lambda self: self.path / "k3s.token")  # K3s agents: from a sclerotium
 
     @property
     def store(self) -> VersionStore:
