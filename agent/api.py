@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from agent.errors import DataError, RollbackError, TooLargeError, TrustError
+from agent.statefile import atomic_write
 from agent.trust import MAX_ENVELOPE_BYTES
 
 if TYPE_CHECKING:
@@ -66,7 +67,49 @@ def routes(agent: Agent) -> list[web.RouteDef]:
             return web.json_response({"error": "not a sclerotium; ask one"}, status=404)
         return web.json_response({"token": token})
 
+    async def primary(_: web.Request) -> web.Response:
+        bb = agent.backbone
+        if bb is None or bb.primary is None:
+            return web.json_response({"error": "no Raft replica here; ask a sclerotium"},
+                                     status=404)
+        return web.json_response({**bb.primary.read(), "quorum": bb.primary.has_quorum()})
+
+    async def promote(request: web.Request) -> web.Response:
+        """The leader hands this rhizomorph the Raft secret: it becomes a dynamic sclerotium."""
+        refused = _refuse_unless_sclerotium(agent, request)
+        if refused:
+            return refused
+        try:
+            body = await request.json()
+            secret = body["secret"]
+            if not (isinstance(secret, str) and len(secret) == 64 and
+                    all(c in "0123456789abcdef" for c in secret)):
+                raise ValueError("secret must be 64 hex digits")
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"error": f"bad promote request: {e}"}, status=400)
+        if agent.backbone is None:
+            agent.node.sclerotium_dir.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(agent.node.raft_secret, secret.encode(), 0o600)
+            await agent.start_backbone()
+            agent.events.add("raft", "promoted to dynamic sclerotium")
+        return web.json_response({"ok": True})
+
+    async def demote(request: web.Request) -> web.Response:
+        refused = _refuse_unless_sclerotium(agent, request)
+        if refused:
+            return refused
+        if agent.identity.role == "sclerotium":
+            return web.json_response({"error": "a dedicated sclerotium is never demoted"},
+                                     status=409)
+        if agent.backbone is not None:
+            await agent.stop_backbone(purge=True)
+            agent.events.add("raft", "demoted: Raft side stopped, secret removed")
+        return web.json_response({"ok": True})
+
     return [
+        web.get(f"{API}/primary", primary),
+        web.post(f"{API}/primary/promote", promote),
+        web.post(f"{API}/primary/demote", demote),
         web.get(f"{API}/node", node),
         web.get(f"{API}/members", members),
         web.get(f"{API}/state", state),
@@ -77,3 +120,20 @@ def routes(agent: Agent) -> list[web.RouteDef]:
         web.get(f"{API}/share", share),
         web.get(f"{API}/k3s-token", k3s_token),
     ]
+
+
+def _refuse_unless_sclerotium(agent: Agent, request: web.Request) -> web.Response | None:
+    """Promotion and demotion come from the Raft leader: a dedicated sclerotium by its
+    certificate, or a dynamic one that gossip shows leading the Raft cluster."""
+    from agent.pki import cert_info
+
+    sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = sslobj.getpeercert(binary_form=True) if sslobj else None
+    if der is None:
+        return web.json_response({"error": "no client certificate"}, status=403)
+    info = cert_info(der)
+    if info.role == "sclerotium" or any(
+            m["name"] == info.node_name and (m.get("raft") or {}).get("leader")
+            for m in agent.members()):
+        return None
+    return web.json_response({"error": f"{info.node_name} is not a sclerotium"}, status=403)

@@ -16,6 +16,8 @@ from agent.enroll import split_addr
 from agent.errors import ConfigError
 from agent.netdir import NetworkDir
 from agent.nodedir import NodeDir, NodeIdentity
+from agent.sclerotia import raft_addr
+from agent.serial import dump_json
 from agent.spore import SeedSpore, load_spore, new_spore, sign_spore_with_root
 from agent.statefile import atomic_write
 from agent.trust import MAX_ROOT_BYTES, parse_signed
@@ -35,6 +37,8 @@ def bootstrap_first_node(net: NetworkDir, data_dir: Path, name: str,
     node.save_root_chain(net.root_chain())
     node.save_credentials(key, cert, net.ca_crt.read_bytes())
     node.save_sclerotium_secrets(net.ca_key.read_bytes(), secrets.token_hex(32).encode())
+    # the network's first Raft member: a cluster of one until others join
+    atomic_write(node.raft_members, dump_json([raft_addr(listen)]), 0o600)
     ident = NodeIdentity(name, "sclerotium", root.network_id, listen)
     node.write_identity(ident)
     add_bootstrap_address(net, listen)

@@ -67,19 +67,23 @@ class Cluster:
 
 
 def free_port_pair() -> int:
-    """A port P with P+1 also free (the agent serves enrolment on P+1)."""
+    """A port P with P+1 and P+2 also free (the agent serves enrolment on P+1, Raft on P+2)."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             p = s.getsockname()[1]
-        if p < 65000:
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", p + 1))
-                    return p
-                except OSError:
-                    continue
-    raise ConfigError("no free port pair on 127.0.0.1")
+        if p < 65000 and all(_free(p + i) for i in (1, 2)):
+            return p
+    raise ConfigError("no free port triple on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def roles_for(n: int, sclerotia: int) -> list[str]:

@@ -9,6 +9,7 @@ the trust rules and persists crash-safely before anything else sees the new vers
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import ssl
@@ -23,21 +24,23 @@ import aiohttp
 from aiohttp import web
 
 from agent import api
+from agent.backbone import Backbone, shares_from_dict
 from agent.client import check_after_handshake, client_context, fetch_k3s_token
 from agent.derive import k3s_token
 from agent.desired import DesiredState, NodeShare
 from agent.enroll import EnrolService, enrol, enrol_port, enrol_server_context, split_addr
 from agent.envelope import Envelope
-from agent.errors import ConfigError, DataError, MyceliumError, PeerError, TransportError
+from agent.errors import ConfigError, DataError, MyceliumError
 from agent.events import EventLog
 from agent.gossip import HttpTransport, LatentSpore, http_routes
 from agent.nodedir import NodeDir, NodeIdentity
-from agent.placement import live_members, place
+from agent.pki import fingerprint
+from agent.placement import LiveMember, live_members, place
 from agent.plan import NodePlan, NodeSettings, plan_node
 from agent.reconcile import Reconciler
 from agent.schema import parse_state
+from agent.serial import dump_json
 from agent.signed import now_utc
-from agent.spore import MAX_SPORE_BYTES
 from agent.statefile import atomic_write
 from agent.swim import Event, Member
 from agent.trust import MAX_ENVELOPE_BYTES, verify_envelope
@@ -55,27 +58,6 @@ def server_context(node: NodeDir) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=str(node.ca_crt))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
-
-
-async def read_source(src: str, cap: int = MAX_SPORE_BYTES, timeout: float = 10.0) -> bytes:
-    """A seed spore from a path or an http(s) URL, size-capped."""
-    if src.startswith(("http://", "https://")):
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-                async with s.get(src) as r:
-                    if r.status != 200:
-                        raise PeerError(f"{src} answered HTTP {r.status}")
-                    data = await r.content.read(cap + 1)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise PeerError(f"cannot fetch {src}: {e or type(e).__name__}") from e
-    else:
-        try:
-            data = Path(src).read_bytes()
-        except OSError as e:
-            raise TransportError(f"cannot read seed spore {src}: {e.strerror}") from e
-    if len(data) > cap:
-        raise DataError(f"seed spore {src} is over {cap} bytes")
-    return data
 
 
 async def ensure_enrolled(node: NodeDir, listen: str, advertise: str | None,
@@ -96,6 +78,7 @@ async def ensure_enrolled(node: NodeDir, listen: str, advertise: str | None,
         raise ConfigError("a fresh node needs --seed-spore PATH|URL to learn the network's "
                           "identity")
     from agent.enroll import trust_from_token
+    from agent.seed import read_source
 
     spore, root, chain = trust_from_token(await read_source(seed_spore), token)
     host, _ = split_addr(advertise or listen)
@@ -133,6 +116,12 @@ class Agent:
         self.drift_interval = drift_interval
         self.reconciler: Reconciler | None = None
         self._last_share: NodeShare | None = None
+        self.backbone: Backbone | None = None
+        # the last placement committed by a Raft leader that this node saw (kept on disk:
+        # a node cut off from the Primary keeps acting on it)
+        self.placement_version, self.placement = load_placement(node)
+        self._fetching: asyncio.Task | None = None
+        self._fingerprint = fingerprint(node.crt.read_bytes())
         self._load_held()
 
     def _load_held(self) -> None:
@@ -182,6 +171,9 @@ class Agent:
             ehost, eport = split_addr(enrol_port(self.listen))
             await self._serve(svc.app(), ehost, eport, enrol_server_context(self.node))
         await self.latent.join(self.join_peers + self.node.peers())
+        if self.node.raft_secret.exists():
+            await self.start_backbone()
+        self._stack.push_async_callback(self.stop_backbone)
         if self.apply_target:
             self.reconciler = await self._stack.enter_async_context(
                 Reconciler(self.node.path, self.apply_target, self.make_plan,
@@ -237,6 +229,12 @@ class Agent:
         if best and _meta_version(best) > self.held_version:
             self._pulling = asyncio.create_task(self.pull_envelope(best.addr,
                                                                    _meta_version(best)))
+        if self.backbone is None and (self._fetching is None or self._fetching.done()):
+            ahead = max((m for m in self.latent.ms.members.values() if m.state == "alive"
+                         and (m.meta.get("raft") or {}).get("addr")),
+                        key=lambda m: _int(m.meta.get("pv")), default=None)
+            if ahead and _int(ahead.meta.get("pv")) > self.placement_version:
+                self._fetching = asyncio.create_task(self.fetch_placement(ahead.addr))
 
     # --- state ------------------------------------------------------------------------
 
@@ -299,24 +297,82 @@ class Agent:
 
     def meta(self) -> dict[str, Any]:
         return {"role": self.identity.role, "version": self.held_version,
-                "sha256": self.held_sha256, "status": self.apply_status()}
+                "sha256": self.held_sha256, "status": self.apply_status(),
+                "fp": self._fingerprint, "pv": self.placement_version,
+                **({"raft": r} if self.backbone and (r := self.backbone.meta()) else {})}
 
     def apply_status(self) -> dict[str, Any]:
         return self.reconciler.summary() if self.reconciler else self.status
 
     # --- placement and plan -----------------------------------------------------------
 
-    def share(self) -> NodeShare | None:
-        """This node's share. Authority: until the Primary spore is wired into the agent,
-        every node computes the same placement from the live members gossip reports."""
+    def live(self) -> list[LiveMember]:
+        """Members to place on, as this node's gossip sees them."""
         if self.state is None:
-            return None
+            return []
         seen = {m["name"]: (m.get("role") or "", m["addr"].rsplit(":", 1)[0])
                 for m in self.members() if m.get("state") in ("alive", "suspect")}
         seen.setdefault(self.identity.name,  # this node is alive, whatever gossip says
                         (self.identity.role, self.identity.listen.rsplit(":", 1)[0]))
-        live = live_members(self.state, seen)
-        return place(self.state, live, version=self.held_version).get(self.identity.name)
+        return live_members(self.state, seen)
+
+    def authority(self) -> str:
+        """Where this node's share comes from: the Primary's committed placement once a
+        leader has committed one (kept when the Primary is out of reach: a minority makes
+        no new placement), else every node computes the same one from gossip."""
+        return "primary" if self.placement_version else "latent"
+
+    def share(self) -> NodeShare | None:
+        if self.state is None:
+            return None
+        if self.placement_version:
+            return self.placement.get(self.identity.name)
+        return place(self.state, self.live(), version=self.held_version).get(
+            self.identity.name)
+
+    def on_primary(self, version: int, placement: dict[str, Any]) -> None:
+        """A placement committed by the leader (read from the local Raft replica or fetched
+        from a sclerotium): adopt it if newer, keep it on disk, re-plan if the share moved."""
+        if version <= self.placement_version:
+            return
+        try:
+            shares = shares_from_dict(placement)
+        except (TypeError, AttributeError) as e:
+            log.warning("placement v%s unreadable: %s", version, e)
+            return
+        self.placement_version, self.placement = version, shares
+        atomic_write(self.node.placement_json,
+                     dump_json({"version": version, "placement": placement}))
+        self.events.add("placement", f"placement v{version} committed by the leader")
+        if self.latent is not None:
+            self.latent.refresh()
+        if self.reconciler is not None and self.share() != self._last_share:
+            self.reconciler.kick()
+
+    async def fetch_placement(self, addr: str) -> None:
+        """A node without a Raft replica asks a sclerotium for the committed placement."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+                async with s.get(f"https://{addr}{api.API}/primary", ssl=self.peer_ssl) as r:
+                    if r.status != 200:
+                        return
+                    view = await r.json()
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, ValueError) as e:
+            log.debug("placement from %s: %s", addr, e)
+            return
+        if isinstance(view, dict) and isinstance(view.get("placement"), dict):
+            self.on_primary(_int(view.get("placement_version")), view["placement"])
+
+    async def start_backbone(self) -> None:
+        if self.backbone is None:
+            self.backbone = await Backbone(self).__aenter__()
+
+    async def stop_backbone(self, purge: bool = False) -> None:
+        if self.backbone is not None:
+            bb, self.backbone = self.backbone, None
+            await bb.stop(purge)
+            if self.latent is not None:
+                self.latent.refresh()
 
     def k3s_token_local(self) -> str | None:
         if not self.node.raft_secret.exists():
@@ -349,12 +405,10 @@ class Agent:
                                                   listen=self.listen), self._k3s_token()))
 
     def node_info(self) -> dict[str, Any]:
-        from agent.pki import fingerprint
-
         return {"name": self.identity.name, "role": self.identity.role,
                 "network_id": self.identity.network_id, "listen": self.listen,
                 "version": self.held_version, "sha256": self.held_sha256,
-                "fingerprint": fingerprint(self.node.crt.read_bytes()),
+                "fingerprint": self._fingerprint,
                 "status": self.status, "counters": self.counters}
 
     def members(self) -> list[dict[str, Any]]:
@@ -369,14 +423,27 @@ class Agent:
 
     def share_info(self) -> dict[str, Any]:
         share = self.share()
-        return {"node": self.identity.name, "authority": "latent",
+        return {"node": self.identity.name, "authority": self.authority(),
+                "placement_version": self.placement_version,
                 "share": asdict(share) if share else None, "apply": self.apply_status()}
+
+
+def load_placement(node: NodeDir) -> tuple[int, dict[str, NodeShare]]:
+    """The placement this node last adopted (our own file; unreadable means none)."""
+    try:
+        d = json.loads(node.placement_json.read_text())
+        return int(d["version"]), shares_from_dict(d["placement"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0, {}
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
 def _meta_version(m: Member) -> int:
     """Meta comes from peers: anything but a non-negative int counts as no version."""
-    v = m.meta.get("version")
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+    return _int(m.meta.get("version"))
 
 
 async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_spore: str | None,

@@ -224,7 +224,8 @@ class LatentSpore:
         return [{"name": m.name, "addr": m.addr, "state": m.state,
                  "incarnation": m.incarnation, "role": m.meta.get("role"),
                  "version": m.meta.get("version", 0), "sha256": m.meta.get("sha256", ""),
-                 "status": m.meta.get("status", {}), "last_seen": seen or None}
+                 "status": m.meta.get("status", {}), "raft": _obj(m.meta.get("raft")),
+                 "fp": m.meta.get("fp", ""), "last_seen": seen or None}
                 for m, seen in rows]
 
     # --- protocol ---------------------------------------------------------------------
@@ -362,3 +363,8 @@ def http_routes(get_latent: Callable[[], LatentSpore | None]) -> list[web.RouteD
         return web.Response(body=reply, content_type="application/json")
 
     return [web.post(MSG_PATH, msg)]
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    """Meta comes from peers: anything but an object counts as nothing."""
+    return v if isinstance(v, dict) else {}

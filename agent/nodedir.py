@@ -54,6 +54,9 @@ class NodeDir:
     sclerotium_dir = property(lambda self: self.path / "sclerotium")
     ca_key = property(lambda self: self.path / "sclerotium" / "ca.key")
     raft_secret = property(lambda self: self.path / "sclerotium" / "raft.secret")
+    raft_members = property(lambda self: self.path / "sclerotium" / "raft-members.json")
+    raft_dir = property(lambda self: self.path / "raft")  # pysyncobj journal and dump
+    placement_json = property(lambda self: self.path / "placement.json")  # last one seen
     k3s_token = property(lambda self: self.path / "k3s.token")  # K3s agents: from a sclerotium
 
     @property

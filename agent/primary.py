@@ -46,11 +46,12 @@ class PrimaryStore(SyncObj):
     members: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never mutated in place
     placement: dict[str, Any] = {}  # noqa: RUF012
     placement_version: int = 0
+    dynamic: dict[str, str] = {}  # noqa: RUF012 - promoted rhizomorphs: name -> Raft address
 
     def __init__(self, self_addr: str, others: list[str], secret: bytes, data_dir: Path,
                  **conf: Any) -> None:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cfg = SyncObjConf(password=raft_password(secret),
+        cfg = SyncObjConf(password=raft_password(secret), bindAddress=conf.pop("bind", None),
                           journalFile=str(data_dir / "raft.journal"),
                           fullDumpFile=str(data_dir / "raft.dump"),
                           dynamicMembershipChange=True, **{**TIMERS, **conf})
@@ -76,6 +77,16 @@ class PrimaryStore(SyncObj):
             return False
         self.placement, self.placement_version = placement, version
         return True
+
+    @replicated
+    def set_dynamic(self, name: str, raft_addr: str | None) -> None:
+        """Record (or, with None, forget) a rhizomorph promoted to dynamic sclerotium."""
+        d = {k: v for k, v in self.dynamic.items() if k != name}
+        self.dynamic = {**d, name: raft_addr} if raft_addr else d
+
+    def raft_members(self) -> list[str]:
+        """Every Raft member's address, this one included (read on the caller's thread)."""
+        return sorted([self.selfNode.id, *(n.id for n in self.otherNodes)])
 
 
 class PrimarySpore:
@@ -114,9 +125,30 @@ class PrimarySpore:
             raise PeerError("placement is decided by the Raft leader only")
         return await self._call(self.store.put_placement, version, placement)
 
+    async def set_dynamic(self, name: str, raft_addr: str | None) -> None:
+        await self._call(self.store.set_dynamic, name, raft_addr)
+
+    async def add_member(self, raft_addr: str) -> None:
+        await self._call(self.store.addNodeToCluster, raft_addr, timeout=10.0)
+
+    async def remove_member(self, raft_addr: str) -> None:
+        await self._call(self.store.removeNodeFromCluster, raft_addr, timeout=10.0)
+
+    def is_leader(self) -> bool:
+        return bool(self.store._isLeader()) and bool(self.store._isReady())
+
+    def has_quorum(self) -> bool:
+        """A leader is known and this node hears from it (or is it)."""
+        s = self.store
+        return s._getLeader() is not None and (s._isLeader() or s.isNodeConnected(
+            s._getLeader()))
+
     def read(self) -> dict[str, Any]:
         """Local read; followers may lag, so it says so."""
         s = self.store
+        leader = s._getLeader()
         return {"version": s.version, "sha256": s.sha256, "members": dict(s.members),
-                "placement_version": s.placement_version,
-                "possibly_stale": not s._isLeader(), "leader": str(s._getLeader() or "")}
+                "placement_version": s.placement_version, "placement": dict(s.placement),
+                "raft_members": s.raft_members(), "dynamic": dict(s.dynamic),
+                "possibly_stale": not s._isLeader(),
+                "leader": leader.id if leader is not None else ""}

@@ -14,11 +14,33 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from agent.errors import DataError, PeerError, TransportError
+from agent.errors import DataError, MyceliumError, PeerError, TransportError
+from agent.nodedir import NodeDir
 from agent.signed import now_utc
 from agent.spore import MAX_SPORE_BYTES, load_spore, verify_spore
 from agent.statefile import atomic_write
 from agent.trust import trust_initial_root
+
+
+async def read_source(src: str, cap: int = MAX_SPORE_BYTES, timeout: float = 10.0) -> bytes:
+    """A seed spore from a path or an http(s) URL, size-capped."""
+    if src.startswith(("http://", "https://")):
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+                async with s.get(src) as r:
+                    if r.status != 200:
+                        raise PeerError(f"{src} answered HTTP {r.status}")
+                    data = await r.content.read(cap + 1)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise PeerError(f"cannot fetch {src}: {e or type(e).__name__}") from e
+    else:
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise TransportError(f"cannot read seed spore {src}: {e.strerror}") from e
+    if len(data) > cap:
+        raise DataError(f"seed spore {src} is over {cap} bytes")
+    return data
 
 
 def held_version(data: bytes | None) -> int:
@@ -43,6 +65,47 @@ async def publish(location: str, data: bytes, ssl_ctx: ssl.SSLContext | None = N
             atomic_write(Path(location), data)
         except OSError as e:
             raise TransportError(f"cannot write {location}: {e.strerror}") from e
+
+
+async def republish(node: NodeDir, locations: list[str], bootstrap: list[str]) -> int:
+    """The Raft leader's copy of the seed spore: this node's key signs it (no node holds a
+    root key), its version is above what every readable location holds, and it goes to
+    every location. Returns the version written."""
+    import json
+
+    from agent.spore import new_spore, sign_spore_with_node
+    from agent.trust import MAX_ROOT_BYTES, parse_signed
+
+    held = 0
+    for loc in locations:
+        try:
+            held = max(held, held_version(await read_source(loc)))
+        except MyceliumError:
+            pass  # unreadable or absent: written below
+    envelope = node.store.envelope()
+    chain = [parse_signed(b, "root document", MAX_ROOT_BYTES).to_dict()
+             for b in node.root_chain()]
+    spore = new_spore(chain, node.root(), held + 1, bootstrap,
+                      json.loads(envelope) if envelope else None)
+    data = sign_spore_with_node(spore, node.key.read_bytes(), node.crt.read_bytes()).to_bytes()
+    errors = []
+    for loc in locations:
+        try:
+            await publish(loc, data, node_client_context(node)
+                          if loc.startswith("https://") else None)
+        except MyceliumError as e:
+            errors.append(str(e))
+    if len(errors) == len(locations):
+        raise PeerError("; ".join(errors))
+    return spore.version
+
+
+def node_client_context(node: NodeDir) -> ssl.SSLContext:
+    """For an https location: the node's own certificate; the server is checked against
+    the system store (a seed host is not a node)."""
+    ctx = ssl.create_default_context()
+    ctx.load_cert_chain(str(node.crt), str(node.key))
+    return ctx
 
 
 def seed_app(directory: Path) -> web.Application:

@@ -1,0 +1,176 @@
+"""The Primary spore inside the agents: five processes on loopback, two dedicated
+sclerotia and a target of three, so the leader promotes a rhizomorph; it commits the pushed
+state, the member registry and the placement every node acts on, republishes the seed
+spore, and promotes, re-adds and demotes as sclerotia die and come back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cluster import Cluster, cluster_down, cluster_up, kill_node, restart_node, wait_ready
+from agent.identity import sign_state
+from agent.netdir import NetworkDir
+from agent.sclerotia import raft_addr
+from agent.spore import verify_spore
+from test_cluster import GOSSIP, _status, api, keep_logs, post_envelope, wait_for
+
+NETWORK_YAML = """\
+schema: 1
+network: {name: local}
+nodes:
+  - {name: n1, role: sclerotium}
+  - {name: n2, role: sclerotium}
+  - {name: n3, role: rhizomorph, runtime: podman}
+  - {name: n4, role: rhizomorph, runtime: podman}
+  - {name: n5, role: rhizomorph, runtime: podman}
+spores:
+  primary: {target_sclerotia: 3}
+  seed: {locations: [SEED]}
+services:
+  endomycetes:
+    web: {image: localhost/web:1, replicas: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    d = tmp_path_factory.mktemp("backbone") / "c"
+    c = cluster_up(d, 5, sclerotia=2, extra_args=GOSSIP, progress=lambda _: None)
+    seed = d / "published" / "spore.json"
+    seed.parent.mkdir()
+    data = NETWORK_YAML.replace("SEED", str(seed)).encode()
+    version, env = sign_state(NetworkDir(c.network), data)
+    assert post_envelope(c, env, c.nodes[2].addr)[1] == 200  # pushed to a rhizomorph
+    c.pushed = version  # type: ignore[attr-defined]
+    c.seed = seed  # type: ignore[attr-defined]
+    yield c
+    keep_logs(c)
+    cluster_down(d)
+
+
+def primary(c: Cluster, name: str) -> dict | None:
+    node = next(n for n in c.nodes if n.name == name)
+    if asyncio.run(_status(c, "/api/v1/primary", node.addr)) != 200:
+        return None
+    return api(c, "/api/v1/primary", node.addr)
+
+
+def leader_view(c: Cluster, alive: list[str] | None = None) -> dict | None:
+    """The Primary as its leader reports it (None while there is none)."""
+    for n in c.nodes:
+        if alive is not None and n.name not in alive:
+            continue
+        try:
+            view = primary(c, n.name)
+        except Exception:
+            continue
+        if view and view["leader"] == raft_addr(n.addr) and not view["possibly_stale"]:
+            return view
+    return None
+
+
+def web_hosts(view: dict) -> list[str]:
+    return sorted(n for n, s in view["placement"]["shares"].items() if "web" in s["endomycetes"])
+
+
+def test_leader_commits_state_registry_and_promotes_to_target(cluster):
+    view = wait_for(lambda: (v := leader_view(cluster)) and v["version"] == cluster.pushed
+                    and len(v["raft_members"]) == 3 and v, what="Primary at target, state in")
+    assert len(view["dynamic"]) == 1
+    promoted = next(iter(view["dynamic"]))
+    assert promoted in ("n3", "n4", "n5")
+    # every member registered with the fingerprint of its own certificate
+    fps = {n.name: api(cluster, "/api/v1/node", n.addr)["fingerprint"] for n in cluster.nodes}
+    wait_for(lambda: {k: v["fingerprint"] for k, v in leader_view(cluster)["members"].items()}
+             == fps, what="registry complete")
+    # a follower's read says it may be stale
+    follower = next(n for n in ("n1", "n2", promoted)
+                    if raft_addr(next(x.addr for x in cluster.nodes if x.name == n))
+                    != view["leader"])
+    assert primary(cluster, follower)["possibly_stale"] is True
+
+
+def test_every_node_acts_on_the_committed_placement(cluster):
+    view = wait_for(lambda: (v := leader_view(cluster)) and v["placement_version"] and v,
+                    what="a committed placement")
+    pv = view["placement_version"]
+    hosts = web_hosts(view)
+    assert len(hosts) == 2 and set(hosts) <= {"n3", "n4", "n5"}
+
+    def all_on_it():
+        shares = [api(cluster, "/api/v1/share", n.addr) for n in cluster.nodes]
+        return all(s["authority"] == "primary" and s["placement_version"] >= pv
+                   for s in shares) and shares
+    shares = wait_for(all_on_it, what="every node on the leader's placement")
+    for s in shares:
+        assert ("web" in s["share"]["endomycetes"]) == (s["node"] in hosts)
+
+
+def test_seed_spore_republished_by_the_leader(cluster):
+    net = NetworkDir(cluster.network)
+    wait_for(lambda: cluster.seed.exists(), what="seed spore written")
+
+    def current():
+        spore, _ = verify_spore(cluster.seed.read_bytes(), net.root(),
+                                ca_pem=net.ca_crt.read_bytes())
+        return spore
+    view = wait_for(lambda: (v := leader_view(cluster)) and len(v["raft_members"]) == 3 and v,
+                    what="three members")
+    members = {a for a in view["raft_members"]}
+    spore = wait_for(lambda: (s := current()).envelope and {raft_addr(a) for a in s.bootstrap}
+                     == members and s, what="spore lists the sclerotia")
+    assert spore.envelope["signed"]["version"] == cluster.pushed
+    # signed by a node key, not the root keys; a root-only check refuses it
+    with pytest.raises(Exception, match="sclerotium"):
+        verify_spore(cluster.seed.read_bytes(), net.root())
+
+
+def test_raw_bytes_on_the_raft_port_change_nothing(cluster):
+    view = leader_view(cluster)
+    host, port = raft_addr(cluster.nodes[0].addr).rsplit(":", 1)
+    for junk in (b"\x00" * 64, b"cos\nsystem\n(S'touch /tmp/pwned'\ntR.", b"x" * 100_000):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(junk)
+    time.sleep(0.5)
+    after = leader_view(cluster)
+    assert after["version"] == view["version"]
+    assert after["raft_members"] == view["raft_members"]
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_death_promotes_and_moves_placement_then_return_demotes(cluster):
+    view = wait_for(lambda: (v := leader_view(cluster)) and len(v["raft_members"]) == 3
+                    and v["placement_version"] and v, what="steady Primary")
+    first_dynamic = next(iter(view["dynamic"]))
+    victim = next(n for n in cluster.nodes if n.name == "n2")
+    kill_node(victim)
+    t0 = time.monotonic()
+    alive = [n.name for n in cluster.nodes if n.name != "n2"]
+    # n2 is a K3s server in the placement until the leader sees it dead and re-places
+    moved = wait_for(lambda: (v := leader_view(cluster, alive)) and "n2" not in
+                     v["placement"]["shares"] and v, timeout=60, what="placement without n2")
+    print(f"death to new committed placement: {time.monotonic() - t0:.2f} s")
+    # live sclerotia fell to two: a second rhizomorph is promoted and added
+    grown = wait_for(lambda: (v := leader_view(cluster, alive)) and len(v["dynamic"]) == 2
+                     and len(v["raft_members"]) == 4 and v, timeout=60, what="second promotion")
+    assert first_dynamic in grown["dynamic"] and moved["placement_version"] > \
+        view["placement_version"]
+    # n2 comes back: four live members for a target of three, so one dynamic one goes
+    restart_node(cluster, "n2")
+    wait_ready(victim)
+    shrunk = wait_for(lambda: (v := leader_view(cluster)) and len(v["dynamic"]) == 1
+                      and len(v["raft_members"]) == 3 and v, timeout=60, what="demotion")
+    demoted = (set(grown["dynamic"]) - set(shrunk["dynamic"])).pop()
+    node = next(n for n in cluster.nodes if n.name == demoted)
+    wait_for(lambda: primary(cluster, demoted) is None, what="demoted node stops Raft")
+    assert not (Path(node.data_dir) / "sclerotium" / "raft.secret").exists()
+    assert raft_addr(victim.addr) in shrunk["raft_members"]
+    saved = Path(victim.data_dir) / "sclerotium" / "raft-members.json"
+    wait_for(lambda: json.loads(saved.read_text()) == sorted(shrunk["raft_members"]),
+             what="n2 saved the membership")
