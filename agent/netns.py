@@ -19,10 +19,12 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
                           "need root)") from e
 
 
-def setup_bridge(bridge: str, cidr: str) -> None:
+def setup_bridge(bridge: str, cidr: str = "") -> None:
+    """A bridge, with an address for the host when `cidr` is given."""
     if ip("link", "show", bridge, check=False).returncode != 0:
         ip("link", "add", bridge, "type", "bridge")
-        ip("addr", "add", cidr, "dev", bridge)
+        if cidr:
+            ip("addr", "add", cidr, "dev", bridge)
     ip("link", "set", bridge, "up")
 
 
@@ -42,6 +44,11 @@ def add_host(ns: str, bridge: str, cidr: str, veth: str) -> None:
 def set_link(veth: str, up: bool) -> None:
     """Cut or heal one node's link (its host-side veth end)."""
     ip("link", "set", veth, "up" if up else "down")
+
+
+def move_to_bridge(veth: str, bridge: str) -> None:
+    """Partition: nodes moved to another bridge reach each other but no one else."""
+    ip("link", "set", veth, "master", bridge)
 
 
 def teardown(namespaces: list[str], bridge: str) -> None:
