@@ -128,7 +128,7 @@ class Backbone:
         await self._sync_state()
         view = self.primary.read()
         self.agent.on_primary(view["placement_version"], view["placement"])
-        if self.primary.is_leader():
+        if self.agent.decision().may_place:  # the Raft leader, with a majority
             await self._lead(members)
         if self.agent.latent is not None:
             self.agent.latent.refresh()

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a root filesystem (default: off, so a test agent never changes its host)")
     r.add_argument("--drift-interval", type=float, default=300.0, metavar="SECONDS",
                    help="re-apply the plan this often to correct drift (default: 300)")
+    r.add_argument("--seed-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="while no sclerotium is in reach, re-read the seed spore (--seed-spore "
+                   "and network.yaml's seed locations) this often (default: 30)")
     r.set_defaults(func=cmd_agent_run)
 
     p = sub.add_parser("join", help="enrol this node (get a certificate) and exit")
@@ -87,15 +90,14 @@ def _token(value: str | None) -> str | None:
 
 
 def cmd_agent_run(args: argparse.Namespace) -> int:
-    from agent.daemon import run_agent
+    from agent.daemon import AgentOptions, run_agent
 
-    return asyncio.run(run_agent(args.data_dir, args.listen, advertise=args.advertise,
-                                 seed_spore=args.seed_spore, token=_token(args.token),
-                                 name=args.name or socket.gethostname(), join=args.join,
-                                 log_level=args.log_level,
-                                 gossip_interval=args.gossip_interval,
-                                 apply_target=args.apply_target,
-                                 drift_interval=args.drift_interval))
+    opts = AgentOptions(args.listen, tuple(args.join), args.gossip_interval, args.apply_target,
+                        args.drift_interval, args.seed_spore, args.seed_interval)
+    return asyncio.run(run_agent(args.data_dir, opts, advertise=args.advertise,
+                                 token=_token(args.token),
+                                 name=args.name or socket.gethostname(),
+                                 log_level=args.log_level))
 
 
 def cmd_join(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import ssl
 import sys
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from agent import api
+from agent.authority import Decision, LatentView, PrimaryView, SeedView, decide
 from agent.backbone import Backbone, shares_from_dict
 from agent.client import check_after_handshake, client_context, fetch_k3s_token
 from agent.derive import k3s_token
@@ -87,14 +88,26 @@ async def ensure_enrolled(node: NodeDir, listen: str, advertise: str | None,
     return await enrol(node, root, chain, token, name, advertise or listen, [host], peers)
 
 
+@dataclass(frozen=True)
+class AgentOptions:
+    """How `mycelium agent run` runs a node (its flags, once parsed)."""
+
+    listen: str
+    join: tuple[str, ...] = ()
+    gossip_interval: float | None = None  # None: network.yaml's, else 0.2 s
+    apply_target: str = ""  # "" never changes the machine (test agents)
+    drift_interval: float = 300.0
+    seed_spore: str | None = None  # read at start and while no sclerotium is in reach
+    seed_interval: float = 30.0
+
+
 class Agent:
-    def __init__(self, node: NodeDir, ident: NodeIdentity, listen: str,
-                 join: list[str] | None = None, gossip_interval: float | None = None,
-                 apply_target: str = "", drift_interval: float = 300.0) -> None:
+    def __init__(self, node: NodeDir, ident: NodeIdentity, opts: AgentOptions) -> None:
         self.node = node
         self.identity = ident
-        self.listen = listen
-        self.join_peers = join or []
+        self.opts = opts
+        self.listen = opts.listen
+        self.join_peers = list(opts.join)
         self.events = EventLog()
         self.root = node.root()
         self.ca_pem = node.ca_crt.read_bytes()
@@ -107,13 +120,13 @@ class Agent:
         self.counters = {"refused_envelopes": 0}
         self._lock = asyncio.Lock()
         self._stack = AsyncExitStack()
-        self._gossip_interval = gossip_interval
         self.peer_ssl = check_after_handshake(client_context(node.crt, node.key, node.ca_crt),
                                               self.check_peer_cert)
         self.latent: LatentSpore | None = None
         self._pulling: asyncio.Task | None = None
-        self.apply_target = apply_target
-        self.drift_interval = drift_interval
+        self.seed_held = 0  # version of the last seed spore read
+        self.seed_view = SeedView()
+        self.primary_members: tuple[str, ...] = ()  # the registry, as last fetched
         self.reconciler: Reconciler | None = None
         self._last_share: NodeShare | None = None
         self.backbone: Backbone | None = None
@@ -174,10 +187,12 @@ class Agent:
         if self.node.raft_secret.exists():
             await self.start_backbone()
         self._stack.push_async_callback(self.stop_backbone)
-        if self.apply_target:
+        if self.opts.apply_target:
             self.reconciler = await self._stack.enter_async_context(
-                Reconciler(self.node.path, self.apply_target, self.make_plan,
-                           self.drift_interval, prepare=self._fetch_k3s_token))
+                Reconciler(self.node.path, self.opts.apply_target, self.make_plan,
+                           self.opts.drift_interval, prepare=self._fetch_k3s_token))
+        seed_task = asyncio.create_task(self._watch_seed())
+        self._stack.callback(seed_task.cancel)
         self.events.add("start", f"{self.identity.name} ({self.identity.role}) listening on "
                         f"{self.listen}, state v{self.held_version}")
 
@@ -194,7 +209,7 @@ class Agent:
                               "--listen") from e
 
     def _make_latent(self, app: web.Application) -> LatentSpore:
-        interval = self._gossip_interval
+        interval = self.opts.gossip_interval
         fanout = 3
         if self.state is not None:
             interval = interval or self.state.spores.latent.interval_ms / 1000
@@ -288,6 +303,52 @@ class Agent:
         except DataError:
             pass  # counted and logged by accept_envelope
 
+    def sclerotium_in_reach(self) -> bool:
+        return self.backbone is not None or any(
+            m.get("state") == "alive" and (m.get("raft") or {}).get("addr")
+            for m in self.members())
+
+    def seed_locations(self) -> list[str]:
+        extra = list(self.state.spores.seed.locations) if self.state else []
+        return list(dict.fromkeys(([self.opts.seed_spore] if self.opts.seed_spore else [])
+                                  + extra))
+
+    async def _watch_seed(self) -> None:
+        """Seed > Latent: read the seed spore at start and whenever no sclerotium is in
+        reach; a newer state in it is accepted (through the trust checks) and its bootstrap
+        addresses are joined."""
+        first = True
+        while True:
+            try:
+                if first or not self.sclerotium_in_reach():
+                    await self.read_seed()
+            except Exception:  # a bad read must not end the watch
+                log.exception("reading the seed spore failed")
+            first = False
+            await asyncio.sleep(self.opts.seed_interval)
+
+    async def read_seed(self) -> None:
+        from agent.seed import read_source
+        from agent.spore import verify_spore
+
+        for loc in self.seed_locations():
+            try:
+                spore, _ = verify_spore(await read_source(loc), self.root, now_utc(),
+                                        self.ca_pem, self.revoked, held_version=self.seed_held)
+            except MyceliumError as e:
+                log.debug("seed spore %s: %s", loc, e)
+                continue
+            self.seed_held = spore.version
+            signed = (spore.envelope or {}).get("signed")
+            self.seed_view = SeedView(True, _int((signed or {}).get("version")), spore.bootstrap)
+            if isinstance(signed, dict) and _int(signed.get("version")) > self.held_version:
+                try:
+                    await self.accept_envelope(dump_json(spore.envelope), f"seed spore {loc}")
+                except DataError:
+                    pass  # counted and logged by accept_envelope
+            if spore.bootstrap and self.latent is not None:
+                await self.latent.join([a for a in spore.bootstrap if a != self.listen])
+
     def check_peer_cert(self, der: bytes) -> None:
         from agent.pki import check_peer
 
@@ -321,6 +382,25 @@ class Agent:
         leader has committed one (kept when the Primary is out of reach: a minority makes
         no new placement), else every node computes the same one from gossip."""
         return "primary" if self.placement_version else "latent"
+
+    def decision(self) -> Decision:
+        """Primary > Seed > Latent for this node, from what each source says now."""
+        alive = [m for m in self.members() if m.get("state") == "alive"]
+        rafts = [m for m in alive if (m.get("raft") or {}).get("addr")]
+        bb = self.backbone
+        if bb is not None and bb.primary is not None:
+            v = bb.primary.read()
+            primary = PrimaryView(True, bb.primary.is_leader(), bb.primary.has_quorum(),
+                                  v["version"], tuple(sorted(v["members"])),
+                                  v["placement_version"])
+        else:
+            primary = PrimaryView(bool(rafts), False, any(m["raft"].get("leader") for m in rafts),
+                                  max((_int(m.get("version")) for m in rafts), default=0),
+                                  self.primary_members,
+                                  max((_int(m["raft"].get("pv")) for m in rafts), default=0))
+        latent = LatentView(max((_int(m.get("version")) for m in alive), default=0),
+                            tuple(sorted(m["name"] for m in alive)))
+        return decide(primary, self.seed_view, latent, self.placement_version)
 
     def share(self) -> NodeShare | None:
         if self.state is None:
@@ -362,6 +442,8 @@ class Agent:
             return
         if isinstance(view, dict) and isinstance(view.get("placement"), dict):
             self.on_primary(_int(view.get("placement_version")), view["placement"])
+            if isinstance(view.get("members"), dict):
+                self.primary_members = tuple(sorted(view["members"]))
 
     async def start_backbone(self) -> None:
         if self.backbone is None:
@@ -425,6 +507,7 @@ class Agent:
         share = self.share()
         return {"node": self.identity.name, "authority": self.authority(),
                 "placement_version": self.placement_version,
+                "decision": asdict(self.decision()),
                 "share": asdict(share) if share else None, "apply": self.apply_status()}
 
 
@@ -446,21 +529,19 @@ def _meta_version(m: Member) -> int:
     return _int(m.meta.get("version"))
 
 
-async def run_agent(data_dir: str, listen: str, *, advertise: str | None, seed_spore: str | None,
-                    token: str | None, name: str, join: list[str], log_level: str = "INFO",
-                    gossip_interval: float | None = None, apply_target: str = "",
-                    drift_interval: float = 300.0) -> int:
+async def run_agent(data_dir: str, opts: AgentOptions, *, advertise: str | None,
+                    token: str | None, name: str, log_level: str = "INFO") -> int:
     logging.basicConfig(stream=sys.stdout, level=getattr(logging, log_level.upper(), 20),
                         format="%(asctime)s %(levelname)s %(message)s")
     node = NodeDir(Path(data_dir))
-    ident = await ensure_enrolled(node, listen, advertise, seed_spore, token, name, join)
+    ident = await ensure_enrolled(node, opts.listen, advertise, opts.seed_spore, token, name,
+                                  list(opts.join))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Agent(node, ident, listen, join, gossip_interval, apply_target,
-                     drift_interval) as agent:
-        print(f"{READY}: {ident.name} ({ident.role}) on {advertise or listen}, "
+    async with Agent(node, ident, opts) as agent:
+        print(f"{READY}: {ident.name} ({ident.role}) on {advertise or opts.listen}, "
               f"state v{agent.held_version}", flush=True)
         t0 = time.monotonic()
         await stop.wait()

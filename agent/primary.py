@@ -138,10 +138,13 @@ class PrimarySpore:
         return bool(self.store._isLeader()) and bool(self.store._isReady())
 
     def has_quorum(self) -> bool:
-        """A leader is known and this node hears from it (or is it)."""
+        """A leader that reaches a majority, or a follower that reaches such a leader."""
         s = self.store
-        return s._getLeader() is not None and (s._isLeader() or s.isNodeConnected(
-            s._getLeader()))
+        if s._isLeader():
+            others = s.otherNodes
+            return 1 + sum(map(s.isNodeConnected, others)) > (len(others) + 1) / 2
+        leader = s._getLeader()
+        return leader is not None and s.isNodeConnected(leader)
 
     def read(self) -> dict[str, Any]:
         """Local read; followers may lag, so it says so."""

@@ -17,7 +17,7 @@ from agent.cluster import Cluster, cluster_down, cluster_up, kill_node, restart_
 from agent.identity import sign_state
 from agent.netdir import NetworkDir
 from agent.sclerotia import raft_addr
-from agent.spore import verify_spore
+from agent.spore import load_spore, new_spore, sign_spore_with_root, verify_spore
 from test_cluster import GOSSIP, _status, api, keep_logs, post_envelope, wait_for
 
 NETWORK_YAML = """\
@@ -41,7 +41,8 @@ services:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("backbone") / "c"
-    c = cluster_up(d, 5, sclerotia=2, extra_args=GOSSIP, progress=lambda _: None)
+    c = cluster_up(d, 5, sclerotia=2, extra_args=GOSSIP + ["--seed-interval", "1"],
+                   progress=lambda _: None)
     seed = d / "published" / "spore.json"
     seed.parent.mkdir()
     data = NETWORK_YAML.replace("SEED", str(seed)).encode()
@@ -174,3 +175,37 @@ def test_death_promotes_and_moves_placement_then_return_demotes(cluster):
     saved = Path(victim.data_dir) / "sclerotium" / "raft-members.json"
     wait_for(lambda: json.loads(saved.read_text()) == sorted(shrunk["raft_members"]),
              what="n2 saved the membership")
+
+
+def test_without_sclerotia_a_newer_seed_spore_is_acted_on(cluster):
+    """Seed > Latent: with every Raft member down, the operator publishes a newer state in
+    the seed spore; the rhizomorphs left read it and accept it, keeping their placement."""
+    view = wait_for(lambda: leader_view(cluster), what="a leader")
+    rafts = set(view["raft_members"])
+    down = [n for n in cluster.nodes if raft_addr(n.addr) in rafts]
+    left = [n for n in cluster.nodes if n not in down]
+    pv = {n.name: api(cluster, "/api/v1/share", n.addr)["placement_version"] for n in left}
+    for n in down:
+        kill_node(n)
+    wait_for(lambda: all(m["state"] == "dead" for m in api(cluster, "/api/v1/members",
+                                                           left[0].addr)
+                         if m["name"] in {n.name for n in down}), timeout=40,
+             what="Raft members seen dead")
+    net = NetworkDir(cluster.network)
+    data = NETWORK_YAML.replace("SEED", str(cluster.seed)).encode()
+    version, env = sign_state(net, data)
+    held = load_spore(cluster.seed.read_bytes())
+    root = net.root()
+    spore = new_spore(held.roots, root, held.version + 1, list(held.bootstrap),
+                      json.loads(env))
+    keys = net.signing_keys(root)[: root.role("root").threshold]
+    cluster.seed.write_bytes(sign_spore_with_root(spore, keys).to_bytes())
+    wait_for(lambda: all(api(cluster, "/api/v1/state", n.addr)["version"] == version
+                         for n in left), timeout=30, what="rhizomorphs take the seed's state")
+    for n in left:
+        share = api(cluster, "/api/v1/share", n.addr)
+        assert share["authority"] == "primary" and share["placement_version"] == pv[n.name]
+        d = share["decision"]
+        assert d["state_source"] == "seed" and d["may_place"] is False
+        events = api(cluster, "/api/v1/events?n=200", n.addr)
+        assert any("from seed spore" in e["message"] for e in events)
