@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.client import Hypha, client_context
-from agent.errors import ConfigError, DataError, PeerError
+from agent.errors import ConfigError, DataError, MyceliumError, PeerError
 from agent.netdir import NetworkDir, find_network
 
 
@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="members, roles, liveness, held version, convergence")
     _to_arg(p)
     p.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
+    p.add_argument("--shares", action="store_true", help="also ask each live node for its "
+                   "share (what it runs, by whose authority, which placement version)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--network", metavar="DIR")
     p.set_defaults(func=cmd_status)
@@ -189,18 +191,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     net = find_network(args.network)
     addrs = addresses(args, net)
 
-    async def once() -> list[dict[str, Any]]:
+    async def once() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with operator_hypha(net, addrs) as h:
-            return await h.get("/api/v1/members")
+            members = await h.get("/api/v1/members")
+            shares = []
+            if args.shares:
+                for m in members:
+                    if m.get("state") == "alive":
+                        try:
+                            shares.append(await h.get("/api/v1/share", m["addr"]))
+                        except MyceliumError as e:
+                            shares.append({"node": m["name"], "error": str(e)})
+            return members, shares
 
     while True:
-        members = asyncio.run(once())
+        members, shares = asyncio.run(once())
         if args.output == "json":
-            print(json.dumps(members, indent=2, sort_keys=True))
+            out: Any = {"members": members, "shares": shares} if args.shares else members
+            print(json.dumps(out, indent=2, sort_keys=True))
         else:
             if args.watch:
                 sys.stdout.write("\x1b[2J\x1b[H")
             print(format_members(members))
+            if shares:
+                print()
+                print(format_shares(shares))
         if not args.watch:
             return 0
         time.sleep(2)
@@ -214,17 +229,47 @@ def _apply_cell(st: dict[str, Any]) -> str:
     return cell
 
 
+def _raft_cell(m: dict[str, Any]) -> str:
+    raft = m.get("raft") or {}
+    if not raft.get("addr"):
+        return "-"
+    return "leader" if raft.get("leader") else "member"
+
+
 def format_members(members: list[dict[str, Any]], now: float | None = None) -> str:
     now = now or time.time()
-    head = ("NAME", "ROLE", "STATE", "VERSION", "APPLIED", "APPLY", "ADDRESS", "SEEN")
+    head = ("NAME", "ROLE", "STATE", "RAFT", "VERSION", "APPLIED", "APPLY", "PLACED", "ADDRESS",
+            "SEEN")
     rows = [head]
     for m in sorted(members, key=lambda m: m.get("name", "")):
         st = m.get("status") or {}
         seen = m.get("last_seen")
         rows.append((str(m.get("name", "?")), str(m.get("role", "?")), str(m.get("state", "?")),
-                     f"v{m.get('version') or 0}", f"v{st.get('applied_version', 0)}",
-                     _apply_cell(st), str(m.get("addr", "")),
+                     _raft_cell(m), f"v{m.get('version') or 0}",
+                     f"v{st.get('applied_version', 0)}", _apply_cell(st),
+                     f"p{m.get('pv') or 0}", str(m.get("addr", "")),
                      f"{max(0.0, now - seen):.0f}s ago" if seen else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return _table(rows)
+
+
+def format_shares(shares: list[dict[str, Any]]) -> str:
+    """Each node's share as it reports it (/api/v1/share)."""
+    rows = [("NODE", "AUTHORITY", "PLACED", "K3S", "SERVICES", "VMS", "BACKUPS")]
+    for s in sorted(shares, key=lambda s: s.get("node", "")):
+        if "error" in s:
+            rows.append((str(s.get("node")), "error: " + str(s["error"])[:60], "", "", "", "",
+                         ""))
+            continue
+        sh = s.get("share") or {}
+        rows.append((str(s.get("node")), str(s.get("authority")),
+                     f"p{s.get('placement_version') or 0}", str(sh.get("k3s_role") or "-"),
+                     ",".join(sh.get("endomycetes") or []) or "-",
+                     ",".join(sh.get("endophytes_primary") or []) or "-",
+                     ",".join(sh.get("endophytes_backup") or []) or "-"))
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)

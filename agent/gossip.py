@@ -225,7 +225,8 @@ class LatentSpore:
                  "incarnation": m.incarnation, "role": m.meta.get("role"),
                  "version": m.meta.get("version", 0), "sha256": m.meta.get("sha256", ""),
                  "status": m.meta.get("status", {}), "raft": _obj(m.meta.get("raft")),
-                 "fp": m.meta.get("fp", ""), "last_seen": seen or None}
+                 "fp": m.meta.get("fp", ""), "pv": m.meta.get("pv", 0),
+                 "last_seen": seen or None}
                 for m, seen in rows]
 
     # --- protocol ---------------------------------------------------------------------

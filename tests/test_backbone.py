@@ -113,6 +113,27 @@ def test_every_node_acts_on_the_committed_placement(cluster):
         assert ("web" in s["share"]["endomycetes"]) == (s["node"] in hosts)
 
 
+def test_status_shows_raft_roles_and_each_nodes_share(cluster, capsys, monkeypatch):
+    from agent.cli import main
+
+    monkeypatch.setenv("MYCELIUM_NETWORK", str(cluster.network))
+    monkeypatch.setenv("MYCELIUM_NODES", ",".join(cluster.addresses()))
+    view = wait_for(lambda: leader_view(cluster), what="a leader")
+    assert main(["status", "--shares"]) == 0
+    out = capsys.readouterr().out
+    table, shares = out.split("\n\n")
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    leader = next(n.name for n in cluster.nodes if raft_addr(n.addr) == view["leader"])
+    assert rows[leader][3] == "leader"
+    assert sum(r[3] in ("leader", "member") for r in rows.values()) == 3
+    share_rows = {line.split()[0]: line.split() for line in shares.splitlines()[1:]}
+    assert set(share_rows) == {n.name for n in cluster.nodes}
+    for name in web_hosts(view):
+        assert share_rows[name][1] == "primary" and "web" in share_rows[name][4]
+    assert main(["status", "--shares", "-o", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["shares"]) == 5
+
+
 def test_seed_spore_republished_by_the_leader(cluster):
     net = NetworkDir(cluster.network)
     wait_for(lambda: cluster.seed.exists(), what="seed spore written")
@@ -203,9 +224,11 @@ def test_without_sclerotia_a_newer_seed_spore_is_acted_on(cluster):
     wait_for(lambda: all(api(cluster, "/api/v1/state", n.addr)["version"] == version
                          for n in left), timeout=30, what="rhizomorphs take the seed's state")
     for n in left:
-        share = api(cluster, "/api/v1/share", n.addr)
+        # a node that pulled the state by gossip first names the seed once it re-reads it
+        share = wait_for(lambda n=n: (s := api(cluster, "/api/v1/share", n.addr))
+                         ["decision"]["state_source"] == "seed" and s, what="seed authority")
         assert share["authority"] == "primary" and share["placement_version"] == pv[n.name]
-        d = share["decision"]
-        assert d["state_source"] == "seed" and d["may_place"] is False
-        events = api(cluster, "/api/v1/events?n=200", n.addr)
-        assert any("from seed spore" in e["message"] for e in events)
+        assert share["decision"]["may_place"] is False
+    # the first to read the seed took it from there; others may have pulled it by gossip
+    events = [e["message"] for n in left for e in api(cluster, "/api/v1/events?n=200", n.addr)]
+    assert any(f"accepted state v{version} from seed spore" in e for e in events)
