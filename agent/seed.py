@@ -22,12 +22,13 @@ from agent.statefile import atomic_write
 from agent.trust import trust_initial_root
 
 
-async def read_source(src: str, cap: int = MAX_SPORE_BYTES, timeout: float = 10.0) -> bytes:
+async def read_source(src: str, cap: int = MAX_SPORE_BYTES, timeout: float = 10.0,
+                      ssl_ctx: ssl.SSLContext | None = None) -> bytes:
     """A seed spore from a path or an http(s) URL, size-capped."""
     if src.startswith(("http://", "https://")):
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-                async with s.get(src) as r:
+                async with s.get(src, ssl=ssl_ctx if src.startswith("https://") else None) as r:
                     if r.status != 200:
                         raise PeerError(f"{src} answered HTTP {r.status}")
                     data = await r.content.read(cap + 1)
@@ -76,10 +77,11 @@ async def republish(node: NodeDir, locations: list[str], bootstrap: list[str]) -
     from agent.spore import new_spore, sign_spore_with_node
     from agent.trust import MAX_ROOT_BYTES, parse_signed
 
+    ctx = node_client_context(node)
     held = 0
     for loc in locations:
         try:
-            held = max(held, held_version(await read_source(loc)))
+            held = max(held, held_version(await read_source(loc, ssl_ctx=ctx)))
         except MyceliumError:
             pass  # unreadable or absent: written below
     envelope = node.store.envelope()
@@ -91,8 +93,7 @@ async def republish(node: NodeDir, locations: list[str], bootstrap: list[str]) -
     errors = []
     for loc in locations:
         try:
-            await publish(loc, data, node_client_context(node)
-                          if loc.startswith("https://") else None)
+            await publish(loc, data, ctx if loc.startswith("https://") else None)
         except MyceliumError as e:
             errors.append(str(e))
     if len(errors) == len(locations):
@@ -101,9 +102,11 @@ async def republish(node: NodeDir, locations: list[str], bootstrap: list[str]) -
 
 
 def node_client_context(node: NodeDir) -> ssl.SSLContext:
-    """For an https location: the node's own certificate; the server is checked against
-    the system store (a seed host is not a node)."""
+    """For an https location: the node's own certificate as the network's credential; the
+    server is checked against the system store and the network CA (`seed serve --tls` may
+    use a certificate from it), with its host name."""
     ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(node.ca_crt))
     ctx.load_cert_chain(str(node.crt), str(node.key))
     return ctx
 
