@@ -15,6 +15,7 @@ they are pickles of our own state, read only from our own disk.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from pysyncobj.syncobj import FAIL_REASON
 
 from agent.derive import raft_password
 from agent.errors import PeerError
+from agent.raftlog import align_journal
+
+log = logging.getLogger(__name__)
 
 # Tuned on loopback (PLATFORM.md): ~11 ms commits, ~0.5 s failover, vs ~100 ms default.
 TIMERS = {"autoTickPeriod": 0.005, "appendEntriesPeriod": 0.01, "raftMinTimeout": 0.15,
@@ -51,7 +55,13 @@ class PrimaryStore(SyncObj):
     def __init__(self, self_addr: str, others: list[str], secret: bytes, data_dir: Path,
                  **conf: Any) -> None:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cfg = SyncObjConf(password=raft_password(secret), bindAddress=conf.pop("bind", None),
+        dropped = align_journal(data_dir / "raft.journal", data_dir / "raft.dump")
+        if dropped:
+            log.info("journal: dropped %d entries already in the full dump", dropped)
+        # useFork=False: a forked dump writer outlives a SIGKILLed agent and would race the
+        # restarted one for raft.dump.tmp; our state is small enough to dump inline.
+        cfg = SyncObjConf(useFork=False, password=raft_password(secret),
+                          bindAddress=conf.pop("bind", None),
                           journalFile=str(data_dir / "raft.journal"),
                           fullDumpFile=str(data_dir / "raft.dump"),
                           dynamicMembershipChange=True, **{**TIMERS, **conf})
