@@ -55,6 +55,7 @@ class Backbone:
         self._proposed = (0, 0.0)
         self._published: tuple[Any, ...] = ()
         self._publish_at = 0.0
+        self._dead_since: dict[str, float] = {}  # this leader's view: name -> first seen dead
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -175,7 +176,8 @@ class Backbone:
         if self._change is None or self._change.done():
             state = self.agent.state
             target = state.spores.primary.target_sclerotia if state else 0
-            change = next_change(self._peers(), members, self.raft, target)
+            change = next_change(self._peers(), members, self.raft, target,
+                                 self.agent.opts.raft_remove_after)
             if change is not None:
                 self._change = asyncio.create_task(self._make(change))
         await self._place()
@@ -184,15 +186,28 @@ class Backbone:
     def _peers(self) -> list[Peer]:
         assert self.store is not None
         dynamic = self.store.dynamic
+        now = time.monotonic()
         out = []
         for m in self.agent.members():
             if m["name"] == self.agent.identity.name:
                 continue
             raft = m.get("raft") or {}
             status = (m.get("status") or {}).get("status")
-            out.append(Peer(m["name"], m.get("role") or "", m.get("state") == "alive",
-                            raft.get("addr") or "", status != "failed",
-                            m["name"] in dynamic))
+            alive = m.get("state") == "alive"
+            if alive:
+                self._dead_since.pop(m["name"], None)
+            since = self._dead_since.setdefault(m["name"], now) if not alive else now
+            out.append(Peer(m["name"], m.get("role") or "", alive,
+                            raft.get("addr") or dynamic.get(m["name"], ""),
+                            status != "failed", m["name"] in dynamic, now - since))
+        # A promoted node gossip has forgotten altogether is dead too (its Raft address is
+        # in the Primary's record of promotions).
+        seen = {p.name for p in out} | {self.agent.identity.name}
+        for name, addr in dynamic.items():
+            if name not in seen:
+                since = self._dead_since.setdefault(name, now)
+                out.append(Peer(name, "rhizomorph", False, addr, dynamic=True,
+                                dead_for=now - since))
         return out
 
     async def _make(self, change: Change) -> None:
@@ -212,6 +227,9 @@ class Backbone:
                 await self._tell(addr, "demote", {})
             elif change.kind == "stop":
                 await self._tell(addr, "demote", {})
+            elif change.kind == "remove":
+                await p.remove_member(change.raft)
+                await p.set_dynamic(change.name, None)
             self.agent.events.add("raft", f"{change.kind} {change.name}")
         except (MyceliumError, TimeoutError, aiohttp.ClientError, ssl.SSLError) as e:
             self.agent.events.add("raft", f"{change.kind} {change.name} failed: {e}")

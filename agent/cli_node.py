@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed-interval", type=float, default=30.0, metavar="SECONDS",
                    help="while no sclerotium is in reach, re-read the seed spore (--seed-spore "
                    "and network.yaml's seed locations) this often (default: 30)")
+    r.add_argument("--raft-remove-after", type=float, default=60.0, metavar="SECONDS",
+                   help="as Raft leader, remove a promoted (dynamic) sclerotium from the Raft "
+                   "membership once it has been dead this long (default: 60)")
     r.set_defaults(func=cmd_agent_run)
 
     p = sub.add_parser("join", help="enrol this node (get a certificate) and exit")
@@ -95,7 +98,8 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     from agent.daemon import AgentOptions, run_agent
 
     opts = AgentOptions(args.listen, tuple(args.join), args.gossip_interval, args.apply_target,
-                        args.drift_interval, args.seed_spore, args.seed_interval)
+                        args.drift_interval, args.seed_spore, args.seed_interval,
+                        args.raft_remove_after)
     return asyncio.run(run_agent(args.data_dir, opts, advertise=args.advertise,
                                  token=_token(args.token),
                                  name=args.name or socket.gethostname(),

@@ -99,6 +99,7 @@ class AgentOptions:
     drift_interval: float = 300.0
     seed_spore: str | None = None  # read at start and while no sclerotium is in reach
     seed_interval: float = 30.0
+    raft_remove_after: float = 60.0  # a dead promoted member leaves the Raft membership
 
 
 class Agent:

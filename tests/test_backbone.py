@@ -41,7 +41,8 @@ services:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("backbone") / "c"
-    c = cluster_up(d, 5, sclerotia=2, extra_args=GOSSIP + ["--seed-interval", "1"],
+    c = cluster_up(d, 5, sclerotia=2, extra_args=GOSSIP + ["--seed-interval", "1",
+                                                            "--raft-remove-after", "3"],
                    progress=lambda _: None)
     seed = d / "published" / "spore.json"
     seed.parent.mkdir()
@@ -196,6 +197,29 @@ def test_death_promotes_and_moves_placement_then_return_demotes(cluster):
     saved = Path(victim.data_dir) / "sclerotium" / "raft-members.json"
     wait_for(lambda: json.loads(saved.read_text()) == sorted(shrunk["raft_members"]),
              what="n2 saved the membership")
+
+
+def test_dead_dynamic_member_is_replaced_removed_and_stopped_on_return(cluster):
+    """A promoted rhizomorph dies: another is promoted, the dead one leaves the Raft
+    membership after --raft-remove-after (so the majority stays reachable), and when it
+    comes back it is told to stop its Raft side."""
+    view = wait_for(lambda: (v := leader_view(cluster)) and len(v["raft_members"]) == 3
+                    and len(v["dynamic"]) == 1 and v, timeout=60, what="steady Primary")
+    dead = next(iter(view["dynamic"]))
+    victim = next(n for n in cluster.nodes if n.name == dead)
+    kill_node(victim)
+    alive = [n.name for n in cluster.nodes if n.name != dead]
+    after = wait_for(lambda: (v := leader_view(cluster, alive)) and dead not in v["dynamic"]
+                     and raft_addr(victim.addr) not in v["raft_members"]
+                     and len(v["raft_members"]) == 3 and len(v["dynamic"]) == 1 and v,
+                     timeout=60, what="replacement promoted and the dead member removed")
+    assert next(iter(after["dynamic"])) != dead
+    restart_node(cluster, dead)
+    wait_ready(victim)
+    wait_for(lambda: not (Path(victim.data_dir) / "sclerotium" / "raft.secret").exists()
+             and primary(cluster, dead) is None, timeout=60, what="returned node stops Raft")
+    final = wait_for(lambda: leader_view(cluster), what="a leader")
+    assert raft_addr(victim.addr) not in final["raft_members"]
 
 
 def test_without_sclerotia_a_newer_seed_spore_is_acted_on(cluster):

@@ -14,9 +14,9 @@ def scl(name: str, n: int, alive: bool = True, raft: bool = True) -> Peer:
 
 
 def rhizo(name: str, n: int, alive: bool = True, raft: bool = False, healthy: bool = True,
-          dynamic: bool = False) -> Peer:
+          dynamic: bool = False, dead_for: float = 0.0) -> Peer:
     return Peer(name, "rhizomorph", alive, f"10.0.0.{n}:7948" if raft else "", healthy,
-                dynamic)
+                dynamic, dead_for)
 
 
 CASES = [
@@ -51,6 +51,16 @@ CASES = [
     ("a demoted node still running Raft is told to stop",
      [scl("b", 2), rhizo("r", 4, raft=True)], [L, "10.0.0.2:7948"], 2,
      Change("stop", "r", "10.0.0.4:7948")),
+    ("a dynamic member dead past the grace period is removed before anyone is promoted",
+     [scl("b", 2), rhizo("r", 4, alive=False, raft=True, dynamic=True, dead_for=61),
+      rhizo("s", 5)], [L, "10.0.0.2:7948", "10.0.0.4:7948"], 3,
+     Change("remove", "r", "10.0.0.4:7948")),
+    ("a dynamic member dead only briefly stays a member; a replacement is promoted",
+     [scl("b", 2), rhizo("r", 4, alive=False, raft=True, dynamic=True, dead_for=5),
+      rhizo("s", 5)], [L, "10.0.0.2:7948", "10.0.0.4:7948"], 3, Change("promote", "s")),
+    ("a dead dedicated sclerotium is never removed",
+     [scl("b", 2), Peer("c", "sclerotium", False, "10.0.0.3:7948", dead_for=3600)],
+     [L, "10.0.0.2:7948", "10.0.0.3:7948"], 3, None),
     ("no state yet (target 0): only joins",
      [scl("b", 2), rhizo("r", 4)], [L, "10.0.0.2:7948"], 0, None),
 ]
