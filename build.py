@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""Build a flashable mycelium node image.
+"""Build a flashable mycelium node image, or personalise one that is already built.
 
-    python build.py --board x86|rpi4|rpi5 [--network DIR] [--out dist/] [--k3s-artifact PATH]
+    python build.py --board x86|rpi4|rpi5 [--network DIR] [--out dist/]
+                    [--k3s-artifact PATH|URL [--k3s-sha256 HEX]]
+    python build.py personalise IMAGE --network DIR [--node-name N]
+                    [--first-node --listen HOST:PORT] [--join HOST:PORT ...]
+    python build.py personalise --folder OUT --network DIR ...
 
-Writes dist/<name>.img, dist/<name>.img.xz and dist/<name>.manifest.json. Needs root
-(mmdebstrap, chroot, file ownership in the image) and the packages `sh .ci/install --test`
-installs. The Debian bootstrap is cached (~/.cache/mycelium, or $MYCELIUM_CACHE), so a
-rebuild after a code change reuses it.
+A build writes dist/<name>.img, dist/<name>.img.xz and dist/<name>.manifest.json. It needs
+root (mmdebstrap, chroot, file ownership in the image) and the packages `sh .ci/install
+--test` installs. The Debian bootstrap is cached (~/.cache/mycelium, or $MYCELIUM_CACHE),
+so a rebuild after a code change reuses it.
+
+`personalise` writes the boot partition's mycelium/ folder (network identity, seed spore,
+join token or first-node data) into the FAT partition of a built image with mtools (no
+loop mount, no root), or into OUT/mycelium/ to copy onto a flashed card by hand. Do it
+before the node's first boot: first boot reads the folder once.
 """
 
 from __future__ import annotations
@@ -18,14 +27,11 @@ import tempfile
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--board", required=True, choices=["x86", "rpi4", "rpi5"])
-    p.add_argument("--network", metavar="DIR", help="personalise for this network (made by "
-                   "`mycelium init`): its identity, seed spore and a join token go into the "
-                   "boot partition's mycelium/ folder; its users are baked in")
-    p.add_argument("--out", default="dist", help="output directory (default: dist/)")
-    p.add_argument("--name", help="image name (default: mycelium-BOARD[-NODE])")
+def _node_args(p: argparse.ArgumentParser, required_network: bool) -> None:
+    p.add_argument("--network", metavar="DIR", required=required_network,
+                   help="personalise for this network (made by `mycelium init`): its "
+                   "identity, seed spore and a join token go into the boot partition's "
+                   "mycelium/ folder")
     p.add_argument("--node-name", default="", help="name of the node this image is for")
     p.add_argument("--first-node", action="store_true", help="make this the network's first "
                    "sclerotium (its bootstrap data dir, with the CA key, goes on the image)")
@@ -36,8 +42,19 @@ def main(argv: list[str] | None = None) -> int:
                    "at first boot; repeatable")
     p.add_argument("--join", action="append", default=[], metavar="HOST:PORT",
                    help="peers to contact at first boot besides the seed spore's")
-    p.add_argument("--k3s-artifact", default="", help="path or URL of the K3s binary "
-                   "(recorded in the manifest; installed by the agent when a state needs it)")
+
+
+def build_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--board", required=True, choices=["x86", "rpi4", "rpi5"])
+    _node_args(p, required_network=False)
+    p.add_argument("--out", default="dist", help="output directory (default: dist/)")
+    p.add_argument("--name", help="image name (default: mycelium-BOARD[-NODE])")
+    p.add_argument("--k3s-artifact", default="", metavar="PATH|URL", help="K3s binary to "
+                   "bake in at /usr/local/bin/k3s (a node whose network.yaml names the same "
+                   "sha256 does not download it); recorded in the manifest")
+    p.add_argument("--k3s-sha256", default="", metavar="HEX", help="SHA-256 of the K3s "
+                   "binary: required for a URL, checked for a path")
     p.add_argument("--no-xz", action="store_true", help="skip the .img.xz")
     p.add_argument("--work", help="work directory (default: a temporary one)")
     args = p.parse_args(argv)
@@ -56,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = BuildContext(board, Path(args.out), Path(args.work or tmp),
                            Path(args.network) if args.network else None, args.node_name,
                            args.first_node, args.listen, tuple(args.join), args.k3s_artifact,
-                           not args.no_xz, name,
+                           args.k3s_sha256, not args.no_xz, name,
                            network_files=tuple(Path(f) for f in args.network_config))
         try:
             build_image(ctx)
@@ -64,6 +81,44 @@ def main(argv: list[str] | None = None) -> int:
             print(f"build.py: {e}", file=sys.stderr)
             return 1
     return 0
+
+
+def personalise_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="build.py personalise", description="Write the "
+                                "mycelium/ folder into a built image's boot partition, or "
+                                "into a directory with --folder.")
+    p.add_argument("image", nargs="?", type=Path, help="a built (uncompressed) .img")
+    p.add_argument("--folder", type=Path, metavar="OUT",
+                   help="write OUT/mycelium/ instead, to copy onto a flashed card by hand")
+    _node_args(p, required_network=True)
+    args = p.parse_args(argv)
+    if (args.image is None) == (args.folder is None):
+        p.error("give an IMAGE to personalise or --folder OUT, not both")
+
+    from image.errors import BuildError
+    from image.personalise import Personalisation, personalise_folder, personalise_image
+
+    spec = Personalisation(Path(args.network), args.node_name, args.first_node, args.listen,
+                           tuple(args.join), tuple(Path(f) for f in args.network_config))
+    try:
+        if args.folder is not None:
+            out = personalise_folder(spec, args.folder)
+            print(f"wrote {out}/: copy it to the root of the node's boot partition")
+        else:
+            offset = personalise_image(spec, args.image)
+            print(f"personalised {args.image} (mycelium/ in the boot partition at byte "
+                  f"{offset})")
+    except BuildError as e:
+        print(f"build.py personalise: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["personalise"]:
+        return personalise_main(argv[1:])
+    return build_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The image build as a list of steps (mkosi's shape): each takes the context, is timed and
 announced, and returns early when it does not apply.
 
-bootstrap_rootfs -> build_wheels -> install_core (recipes base + agent + image boot, the
-same code the agent runs on a node) -> strip -> personalise (the FAT mycelium/ folder) ->
-make_filesystems -> assemble_disk -> compress -> write_manifest.
+bootstrap_rootfs -> build_wheels -> install_core (recipes base + agent + image boot, and
+the K3s binary when given: the same code the agent runs on a node) -> strip -> personalise
+(the FAT mycelium/ folder, image/personalise.py) -> make_filesystems -> assemble_disk ->
+compress -> write_manifest.
 """
 
 from __future__ import annotations
@@ -13,26 +14,22 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from agent.desired import User
 from agent.netdir import NetworkDir
+from image.artifacts import Artifact, resolve
 from image.boards import Board
 from image.disk import du_kib, ext4_size_mb, make_ext4, make_vfat
 from image.errors import BuildError
+from image.personalise import Personalisation, write_folder
 from image.progress import TIMINGS, step
 from image.rootfs import bootstrap, unpack
+from image.slim import slim_rootfs
 from image.wheels import build_wheelhouse
 from recipes.artifact import file_sha256
+from recipes.deploys import K3S_BINARY
 from recipes.params import AgentParams, BaseParams, BootParams
-
-# Kernel module trees a headless node never loads (sound, GPUs, cameras, radios):
-# about 150 MB of the 380 MB the Debian kernel ships.
-STRIP_MODULES = ("sound", "drivers/gpu", "drivers/media", "drivers/infiniband",
-                 "drivers/net/wireless", "drivers/staging", "drivers/isdn", "drivers/iio",
-                 "drivers/bluetooth", "net/bluetooth", "net/wireless", "net/mac80211",
-                 "drivers/input/touchscreen", "drivers/hid/intel-ish-hid")
 
 
 @dataclass
@@ -45,12 +42,14 @@ class BuildContext:
     first_node: bool = False  # bake the network's bootstrap data dir (CA key) in
     listen: str = ""  # HOST:PORT the node advertises (the first node: also the bootstrap one)
     join: tuple[str, ...] = ()
-    k3s_artifact: str = ""
+    k3s_artifact: str = ""  # path or URL of the K3s binary to bake in
+    k3s_sha256: str = ""  # required for a URL; checked for a path when given
     compress: bool = True
     name: str = ""
     users: tuple[User, ...] = ()
     network_files: tuple[Path, ...] = ()  # systemd-networkd files applied at first boot
     manifest: dict = field(default_factory=dict)
+    k3s: Artifact | None = None  # the checked K3s binary, once resolved
 
     @property
     def rootfs(self) -> Path:
@@ -63,6 +62,12 @@ class BuildContext:
     @property
     def boot_dir(self) -> Path:
         return self.work / "mycelium"
+
+    def personalisation(self) -> Personalisation | None:
+        if self.network is None:
+            return None
+        return Personalisation(self.network, self.node_name, self.first_node, self.listen,
+                               self.join, self.network_files)
 
 
 def bootstrap_rootfs(ctx: BuildContext) -> None:
@@ -88,7 +93,10 @@ def install_core(ctx: BuildContext) -> None:
     steps = [(deploys.base, (BaseParams("mycelium", ctx.users),)),
              (deploys.agent, (AgentParams(running=False), str(ctx.work / "wheels"))),
              (deploys.image_boot, (BootParams(ctx.board.boot_label, ctx.board.boot_mount),))]
-    with step("Applying recipes base + agent + image boot to the rootfs"):
+    if ctx.k3s is not None:
+        steps.append((deploys.k3s_binary, (str(ctx.k3s.local), ctx.k3s.sha256)))
+    names = "base + agent + image boot" + (" + K3s binary" if ctx.k3s else "")
+    with step(f"Applying recipes {names} to the rootfs"):
         report = run(f"@chroot{ctx.rootfs}", steps)
         if not report.ok:
             failed = report.failed[0] if report.failed else None
@@ -97,60 +105,28 @@ def install_core(ctx: BuildContext) -> None:
         print(f"    {report.summary()}", flush=True)
 
 
+def fetch_artifacts(ctx: BuildContext) -> None:
+    """Check (and for a URL, download) the K3s binary before anything slow runs."""
+    if not ctx.k3s_artifact:
+        return
+    with step(f"Checking the K3s artifact {ctx.k3s_artifact}"):
+        ctx.k3s = resolve(ctx.k3s_artifact, ctx.k3s_sha256)
+        print(f"    sha256 {ctx.k3s.sha256}", flush=True)
+
+
 def strip(ctx: BuildContext) -> None:
-    with step("Stripping unneeded kernel modules, caches, host keys and machine-id"):
-        for mods in (ctx.rootfs / "usr/lib/modules").glob("*"):
-            for sub in STRIP_MODULES:
-                shutil.rmtree(mods / "kernel" / sub, ignore_errors=True)
-            subprocess.run(["chroot", str(ctx.rootfs), "depmod", "-a", mods.name], check=True)
-        for pattern in ("etc/ssh/ssh_host_*", "var/cache/apt/*.bin", "var/lib/apt/lists/*",
-                        "var/log/*.log", "tmp/*", "root/.cache"):
-            for p in ctx.rootfs.glob(pattern):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        # Empty (not absent) machine-id: systemd makes a new one at first boot.
-        (ctx.rootfs / "etc/machine-id").write_text("")
-        (ctx.rootfs / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    with step("Slimming: packages, kernel modules, initramfs, venv, caches, host keys"):
+        for line in slim_rootfs(ctx.rootfs, ctx.board.arch, AgentParams()):
+            print(f"    {line}", flush=True)
 
 
 def personalise(ctx: BuildContext) -> None:
-    """The FAT mycelium/ folder: what first boot reads (image/firstboot docs in README)."""
-    if ctx.network is None:
+    """The FAT mycelium/ folder: what first boot reads (image/personalise.py)."""
+    p = ctx.personalisation()
+    if p is None:
         return
-    net = NetworkDir(ctx.network)
     with step(f"Personalising for network {ctx.network}"):
-        d = ctx.boot_dir
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        shutil.copy(net.root_json, d / "root.json")
-        if ctx.node_name:
-            (d / "node-name").write_text(ctx.node_name + "\n")
-        if ctx.join:
-            (d / "join").write_text(" ".join(ctx.join) + "\n")
-        if ctx.listen:
-            (d / "advertise").write_text(ctx.listen + "\n")
-        if ctx.network_files:
-            (d / "network").mkdir()
-            for f in ctx.network_files:
-                if f.suffix not in (".network", ".netdev", ".link"):
-                    raise BuildError(f"{f}: a networkd file must end in .network, .netdev "
-                                     "or .link")
-                shutil.copy(f, d / "network" / f.name)
-        if ctx.first_node:
-            _bootstrap_first(ctx, net)
-        else:
-            from agent.identity import make_token
-
-            token = make_token(net, "rhizomorph", timedelta(days=30), ctx.node_name or None)
-            (d / "token").write_text(token + "\n")
-        shutil.copy(net.spore_json, d / "spore.json")  # after bootstrap: it lists us
-
-
-def _bootstrap_first(ctx: BuildContext, net: NetworkDir) -> None:
-    from agent.bootstrap import bootstrap_first_node
-
-    if not (ctx.node_name and ctx.listen):
-        raise BuildError("--first-node needs --node-name and --listen HOST:PORT")
-    bootstrap_first_node(net, ctx.boot_dir / "data", ctx.node_name, ctx.listen)
+        write_folder(p, ctx.boot_dir)
 
 
 def _network_users(network: Path) -> tuple[User, ...]:
@@ -160,14 +136,15 @@ def _network_users(network: Path) -> tuple[User, ...]:
 
 
 def make_filesystems(ctx: BuildContext) -> tuple[Path, Path]:
-    with step("Writing the root (ext4) and boot (FAT) filesystems"):
-        root = make_ext4(ctx.rootfs, ctx.work / "root.ext4", ext4_size_mb(ctx.rootfs, 0.15))
+    with step("Writing the boot (FAT) and root (ext4) filesystems"):
+        # boot files first: a board may move them out of the rootfs (x86: kernel, initrd)
         files = ctx.board.boot_files(ctx)
         if ctx.boot_dir.exists():
             files["mycelium"] = ctx.boot_dir
         need = sum(_size(p) for p in files.values()) / 2**20
-        boot = make_vfat(files, ctx.work / "boot.vfat", int(need * 1.2) + 32,
-                         ctx.board.boot_label)
+        size = max(int(need * 1.2) + 32, ctx.board.boot_min_mb)
+        boot = make_vfat(files, ctx.work / "boot.vfat", size, ctx.board.boot_label)
+        root = make_ext4(ctx.rootfs, ctx.work / "root.ext4", ext4_size_mb(ctx.rootfs, 0.15))
     return boot, root
 
 
@@ -206,8 +183,13 @@ def write_manifest(ctx: BuildContext) -> Path:
             "xz_size_bytes": xz.stat().st_size if xz.exists() else None,
             "xz_sha256": file_sha256(xz) if xz.exists() else None,
             "rootfs_mb": round(du_kib(ctx.rootfs) / 1024), "space": _space(ctx.rootfs),
+            "partitions_mb": {n: round((ctx.work / f).stat().st_size / 2**20)
+                              for n, f in (("boot", "boot.vfat"), ("root", "root.ext4"))
+                              if (ctx.work / f).exists()},
             "packages": dict(p.split(" ", 1) for p in pkgs if " " in p),
             "personalised": ctx.network is not None, "node_name": ctx.node_name,
+            "k3s": ({"source": ctx.k3s.source, "path": K3S_BINARY, "sha256": ctx.k3s.sha256}
+                    if ctx.k3s else None),
             "steps": {t: round(s, 1) for t, s in TIMINGS},
         }
         path = ctx.out / f"{ctx.name}.manifest.json"
@@ -217,7 +199,7 @@ def write_manifest(ctx: BuildContext) -> Path:
 
 def _space(root: Path) -> dict[str, int]:
     """Where the space goes (MB), for the size figures in the README."""
-    parts = ["usr/lib/modules", "opt/mycelium/venv", "opt/mycelium/wheels",
+    parts = ["usr/lib/modules", "opt/mycelium/venv", "opt/mycelium/wheels", "usr/local/bin",
              "usr/lib/python3.11", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
              "usr/share", "boot", "usr/lib/firmware", "var"]
     return {p: round(du_kib(root / p) / 1024) for p in parts if (root / p).exists()}
@@ -227,6 +209,7 @@ def build_image(ctx: BuildContext) -> Path:
     TIMINGS.clear()
     start = time.monotonic()
     ctx.work.mkdir(parents=True, exist_ok=True)
+    fetch_artifacts(ctx)
     bootstrap_rootfs(ctx)
     build_wheels(ctx)
     install_core(ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -29,8 +30,10 @@ ALIGN_MIB = 1
 _PACKAGE_OF = {
     "mke2fs": "e2fsprogs", "debugfs": "e2fsprogs", "mkfs.vfat": "dosfstools",
     "mmd": "mtools", "mcopy": "mtools", "sfdisk": "fdisk", "dd": "coreutils",
-    "truncate": "coreutils", "du": "coreutils",
+    "truncate": "coreutils", "du": "coreutils", "mdeltree": "mtools", "mdir": "mtools",
 }
+# Partition types a boot (FAT) partition carries: the GPT ESP, and MBR FAT32/FAT16 LBA.
+FAT_TYPES = ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "c", "b", "e", "ef")
 
 
 def _run(cmd: Sequence[str], what: str, stdin: str | None = None) -> str:
@@ -244,3 +247,65 @@ def partition_table(img: Path) -> dict:
 def partitions(img: Path) -> list[dict]:
     """Partitions with start/size in sectors, type, and bootable/name where set."""
     return list(partition_table(img).get("partitions", []))
+
+
+def fat_partition_offset(img: Path) -> int:
+    """Byte offset of the image's boot (FAT) partition: the ESP on x86, the Pi's first FAT."""
+    for p in partitions(img):
+        if str(p.get("type", "")).upper() in (t.upper() for t in FAT_TYPES):
+            return int(p["start"]) * SECTOR
+    raise BuildError(f"{img} has no FAT boot partition (EFI system or type c); is it a "
+                     "mycelium image?")
+
+
+def replace_fat_dir(img: Path, offset: int, src: Path, name: str) -> None:
+    """Copy directory `src` to ::/`name` of the FAT filesystem at `offset` in `img`,
+    replacing an existing one: mtools addresses a partition inside a disk as IMG@@OFFSET."""
+    fat = f"{img}@@{offset}"
+    what = f"writing {name}/ into the boot partition of {img.name}"
+    _run(["mdir", "-i", fat, "-b", "::/"], f"{what}: reading the FAT")
+    try:
+        _run(["mdeltree", "-i", fat, _fat_path(name)], what)
+    except BuildError as e:
+        if "not found" not in str(e).lower():
+            raise
+    try:
+        _run(["mcopy", "-i", fat, "-s", "-m", "-Q", str(src), _fat_path(name)], what)
+    except BuildError as e:
+        if "full" in str(e).lower():
+            raise BuildError(f"{what}: the boot partition is full; remove files from it or "
+                             "rebuild the image") from e
+        raise
+
+
+def fat_read(img: Path, path: str, offset: int = 0) -> bytes:
+    """A file of a FAT image (or of the FAT partition at `offset` in a disk image)."""
+    fat = f"{img}@@{offset}" if offset else str(img)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    r = subprocess.run(["mtype", "-i", fat, _fat_path(path)], capture_output=True, env=env,
+                       check=False)
+    if r.returncode != 0:
+        raise BuildError(f"{path} not in the FAT filesystem of {img}")
+    return r.stdout
+
+
+def root_partition_offset(img: Path) -> int:
+    """Byte offset of the last partition: the ext4 root on every board."""
+    parts = partitions(img)
+    if not parts:
+        raise BuildError(f"{img} has no partitions")
+    return int(parts[-1]["start"]) * SECTOR
+
+
+def ext4_read(img: Path, path: str, offset: int = 0) -> tuple[bytes, int]:
+    """(content, mode) of a regular file in an ext4 image, or the one at `offset` in a disk
+    image (debugfs reads `IMG?offset=N`)."""
+    fs = f"{img}?offset={offset}" if offset else str(img)
+    stat = _run(["debugfs", "-R", f"stat {path}", fs], f"reading {path} from {img.name}")
+    m = re.search(r"Mode:\s+(0?[0-7]{3,4})", stat)
+    if m is None or "Type: regular" not in stat:
+        raise BuildError(f"{path} is not a regular file in the ext4 filesystem of {img}")
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", fs], capture_output=True, check=False)
+    if r.returncode != 0:
+        raise BuildError(f"cannot read {path} from {img}")
+    return r.stdout, int(m.group(1), 8)

@@ -24,6 +24,7 @@ from recipes.venv import installed, wheelhouse_digest
 TEMPLATES = Path(configs.__file__).parent / "templates"
 K3S_MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
 K3S_IMAGES = "/var/lib/rancher/k3s/agent/images"
+K3S_BINARY = "/usr/local/bin/k3s"
 
 
 # Every file gets an explicit mode: pyinfra uploads land 0600, and daemons that drop
@@ -109,7 +110,7 @@ def k3s(p: K3sParams | None) -> None:
         for u in ("k3s.service", "k3s-agent.service"):
             units.service(name=f"{u} unloaded", unit=u, enabled=False, running=False)
         return
-    binary = artifact.fetched(name="K3s binary", src=p.binary, dest="/usr/local/bin/k3s",
+    binary = artifact.fetched(name="K3s binary", src=p.binary, dest=K3S_BINARY,
                               sha256=p.binary_sha256, mode="755")
     if p.images:
         suffix = "".join(Path(p.images.split("?")[0]).suffixes) or ".tar"
@@ -151,6 +152,13 @@ def containers(p: ContainersParams | None) -> None:
         if name not in wanted:
             podman.kube(name=f"Remove service {name}", svc=name, present=False)
 
+
+
+@deploy("k3s binary")
+def k3s_binary(src: str, sha256: str) -> None:
+    """Only for images: the binary where the k3s deploy puts it (same operation), so a node
+    whose state names the same SHA-256 finds it in place and does not download it."""
+    artifact.fetched(name="K3s binary", src=src, dest=K3S_BINARY, sha256=sha256, mode="755")
 
 
 @deploy("image boot")

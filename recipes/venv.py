@@ -44,17 +44,29 @@ def wheelhouse_digest(path: Path) -> str:
 
 @operation()
 def installed(venv: str, wheelhouse: str, digest: str = "") -> Generator[str]:
-    """`digest` is given when the wheels are uploaded in the same run (not there yet)."""
+    """`digest` is given when the wheels are uploaded in the same run (not there yet).
+
+    A built image ships the venv without its wheelhouse (the wheels would double the
+    agent's share of the image): with no wheels to update from, an installed venv is kept
+    as it is. The image also leaves pip out of the venv; `ensurepip` puts it back from
+    Debian's bundled wheel (python3-venv) when new wheels arrive, without a package index.
+    """
     digest = digest or host.get_fact(WheelhouseDigest, path=wheelhouse) or ""
+    stamp = host.get_fact(Stamp, path=f"{venv}/{STAMP}")
     if not digest:
+        if stamp:
+            host.noop(f"agent in {venv} kept as installed (no wheels in {wheelhouse})")
+            return
         raise OperationValueError(f"no wheels in {wheelhouse}: build them with "
-                                  "`python build.py --wheels-only` or give the wheelhouse")
-    if host.get_fact(Stamp, path=f"{venv}/{STAMP}") == digest:
+                                  "image.wheels.build_wheelhouse (as build.py does) and "
+                                  "copy them there")
+    if stamp == digest:
         host.noop(f"agent in {venv} is up to date")
         return
     v, w = shlex.quote(venv), shlex.quote(wheelhouse)
     yield f"[ -x {v}/bin/python ] || python3 -m venv {v}"
+    yield (f"{v}/bin/python -m pip --version >/dev/null 2>&1 || "
+           f"{v}/bin/python -m ensurepip >/dev/null")
     yield (f"{v}/bin/python -m pip install -q --no-index --find-links {w} "
            "--disable-pip-version-check --upgrade --force-reinstall mycelium")
     yield f"echo {digest} > {v}/{STAMP}"
-

@@ -7,7 +7,9 @@ Run: `.venv/bin/python -m pytest -m boot tests/test_boot.py`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from image import disk
 from image.qemu import Guest, SocketNet, free_port, mac
 from rootfs_fixture import need_root
 
@@ -61,26 +64,57 @@ def _build(d: Path, node: str, *args: str) -> Path:
     return d / f"dist/mycelium-x86-{node}.img"
 
 
-def _ssh_host(g: Guest, key: Path):
+def _build_generic(d: Path, name: str) -> Path:
+    """An image with no network: what a download page would offer."""
+    t0 = time.monotonic()
+    out = _run(sys.executable, str(ROOT / "build.py"), "--board", "x86", "--name", name,
+               "--out", str(d / "dist"), "--no-xz", cwd=ROOT)
+    print(out.strip().splitlines()[-1], f"({time.monotonic() - t0:.0f} s)")
+    return d / f"dist/{name}.img"
+
+
+def _personalise(img: Path, net: Path, node: str, *args: str) -> None:
+    """What an operator does after flashing: `build.py personalise` (mtools, no mount)."""
+    print(_run(sys.executable, str(ROOT / "build.py"), "personalise", str(img), "--network",
+               str(net), "--node-name", node, *args, cwd=ROOT).strip())
+
+
+def _ssh_host(g: Guest, key: Path, timeout: float = 60):
     host = testinfra.get_host(f"paramiko://tester@127.0.0.1:{g.ssh_port}?ssh_identity_file="
                               f"{key}&stricthostkeychecking=no&timeout=30", sudo=True)
-    _wait_ssh(host)
+    wait_ssh(host, timeout)
     return host
+
+
+def _fake_k3s(d: Path) -> tuple[Path, str]:
+    """Random bytes standing in for the K3s binary (it cannot be downloaded here)."""
+    f = d / "k3s"
+    f.write_bytes(os.urandom(1 << 20))
+    return f, hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A network with one user (our SSH key), and the first node's image for it."""
+    """A network with one user (our SSH key), and the first node's image for it, with a
+    K3s binary baked in."""
     d = tmp_path_factory.mktemp("boot")
     _network(d, "  - {name: n1, role: sclerotium}")
-    img = _build(d, "n1", "--first-node", "--listen", "10.0.2.15:7946")
+    k3s, sha = _fake_k3s(d)
+    img = _build(d, "n1", "--first-node", "--listen", "10.0.2.15:7946", "--k3s-artifact",
+                 str(k3s))
+    manifest = json.loads((d / "dist/mycelium-x86-n1.manifest.json").read_text())
+    assert manifest["k3s"] == {"source": str(k3s), "path": "/usr/local/bin/k3s",
+                               "sha256": sha}
+    data, mode = disk.ext4_read(img, "/usr/local/bin/k3s", disk.root_partition_offset(img))
+    assert hashlib.sha256(data).hexdigest() == sha and mode == 0o755
+    print("image space (MB):", manifest["space"], manifest["partitions_mb"])
     size = img.stat().st_size
     _grow(img, 512)
-    return d, img, size
+    return d, img, size, sha
 
 
 def test_x86_image_boots_to_a_ready_agent_and_passes_node_checks(built):
-    d, img, built_size = built
+    d, img, built_size, k3s_sha = built
     t0 = time.monotonic()
     with Guest(img, d, name="n1", memory_mb=1024) as g:
         try:
@@ -109,13 +143,16 @@ def test_x86_image_boots_to_a_ready_agent_and_passes_node_checks(built):
             host.check_output("cut -d' ' -f1 /proc/uptime"))
         assert key.mtime.timestamp() >= boot_time - 5
         assert host.file("/etc/machine-id").content_string.strip()
+        assert host.file("/usr/local/bin/k3s").sha256sum == k3s_sha  # baked, not fetched
+        assert not host.file("/opt/mycelium/wheels").exists  # the venv is installed
         failed = host.check_output("systemctl --failed --no-legend --plain")
         assert failed == "", failed
         rss = int(host.check_output("ps -o rss= -C mycelium | sort -n | tail -1") or 0)
         print(f"agent RSS after boot: {rss / 1024:.0f} MB")
 
 
-def _wait_ssh(host, timeout: float = 60) -> None:
+def wait_ssh(host, timeout: float) -> None:
+    """Until testinfra's first command over SSH succeeds (also used by test_boot_rpi)."""
     end = time.monotonic() + timeout
     while True:
         try:
@@ -181,9 +218,10 @@ def _eventually(check, timeout: float, what: str, every: float = 5.0):
 
 
 def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
-    """Two x86 images on a QEMU socket network: the second joins the first from the seed
-    spore; a two-replica endomycete runs on both (podman installed on demand by the
-    recipe), answers on its port, and is removed when deleted from the state."""
+    """Two x86 images on a QEMU socket network: the second (a generic image personalised
+    with `build.py personalise`) joins the first from the seed spore; a two-replica
+    endomycete runs on both (podman installed on demand by the recipe), answers on its
+    port, and is removed when deleted from the state."""
     if shutil.which("busybox") is None:
         pytest.skip("needs busybox-static on the host: sh .ci/install --test")
     d = tmp_path
@@ -191,8 +229,10 @@ def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
                            "  - {name: n2, role: rhizomorph, runtime: podman}")
     img1 = _build(d, "n1", "--first-node", "--listen", f"{MESH}.1:7946",
                   "--network-config", str(_mesh_file(d, "n1", 1)))
-    img2 = _build(d, "n2", "--listen", f"{MESH}.2:7946",
-                  "--network-config", str(_mesh_file(d, "n2", 2)))
+    # n2 starts as a generic image, personalised after the build like a flashed card
+    img2 = _build_generic(d, "mycelium-x86-n2")
+    _personalise(img2, net, "n2", "--listen", f"{MESH}.2:7946",
+                 "--network-config", str(_mesh_file(d, "n2", 2)))
     for img in (img1, img2):
         _grow(img, 1024)  # room for podman and its apt lists
     base_state = (net / "network.yaml").read_text()
@@ -218,7 +258,8 @@ def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
         with_web = base_state.replace("  endomycetes: {}\n", WEB)
         assert with_web != base_state
         _push(d, api, with_web)
-        hosts = [_ssh_host(g, key) for g in (g1, g2)]
+        # n2's users were not baked in: its first reconcile of the state makes them
+        hosts = [_ssh_host(g, key, timeout=300) for g in (g1, g2)]
         for g, host in zip((g1, g2), hosts, strict=True):
             # podman arrives with the containers recipe; the image is loaded by hand (no
             # registry), so the first kube play fails and the reconcile retry runs it

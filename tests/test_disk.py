@@ -176,3 +176,23 @@ def test_boot_files_larger_than_fat_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_partition_image_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="missing; build it first"):
         disk.assemble_gpt(tmp_path / "x.img", tmp_path / "esp", tmp_path / "root")
+
+
+def test_files_are_read_back_from_partitions_inside_a_disk(images: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    img = tmp_path / "x86.img"
+    img.write_bytes(images["gpt"].read_bytes())
+    root_at, fat_at = disk.root_partition_offset(img), disk.fat_partition_offset(img)
+    assert fat_at == disk.MIB and root_at > fat_at
+    assert disk.ext4_read(img, "/home/agent/key", root_at) == (b"k" * 100, 0o600)
+    with pytest.raises(BuildError, match="not a regular file"):
+        disk.ext4_read(img, "/nonexistent", root_at)
+    src = tmp_path / "folder"
+    src.mkdir()
+    (src / "node-name").write_text("n1\n")
+    disk.replace_fat_dir(img, fat_at, src, "mycelium")
+    disk.replace_fat_dir(img, fat_at, src, "mycelium")  # again: replaced, not nested
+    assert disk.fat_read(img, "mycelium/node-name", fat_at) == b"n1\n"
+    with pytest.raises(BuildError, match="not in the FAT"):
+        disk.fat_read(img, "mycelium/mycelium/node-name", fat_at)
+    assert disk.fat_read(img, "EFI/BOOT/BOOTX64.EFI", fat_at).startswith(b"MZ")

@@ -3,7 +3,7 @@ on loopback. Each round a client writes rising versions to the leader, the leade
 some rounds, every node at once) is SIGKILLed mid-write and restarted on the same data dir.
 Checked after every recovery: the held version is >= the highest acknowledged one, its sha256
 and bytes are exactly what was written for it, a member registered once at the start is still
-there, and all nodes agree. Run: .venv/bin/pytest -s tests/test_primary_crash.py (~35 s).
+there, and all nodes agree. Run: .venv/bin/python -m pytest -s tests/test_primary_crash.py (~35 s).
 
 Why this can fail: an `ok` is only sent once pysyncobj applied the entry on the leader, i.e.
 a majority has it in its journal. If a journal were not kept across the kill (or the term/vote

@@ -22,13 +22,15 @@ class Board:
     arch: str  # Debian architecture
     packages: tuple[str, ...]  # on top of CORE_PACKAGES: kernel, firmware, boot loader
     components: tuple[str, ...] = ("main",)
+    extra_suites: tuple[str, ...] = ()  # e.g. bookworm-backports, for a newer kernel
     boot_label: str = "MYCBOOT"
     # where the FAT partition is mounted on the node (first-boot config lives there)
     boot_mount: str = "/boot/efi"
+    boot_min_mb: int = 0  # smallest FAT partition, whatever its content (see rpi.py)
 
     def rootfs_spec(self) -> RootfsSpec:
         return RootfsSpec(self.arch, CORE_PACKAGES + self.packages,
-                          components=self.components)
+                          components=self.components, extra_suites=self.extra_suites)
 
     def boot_files(self, ctx: BuildContext) -> dict[str, Path]:
         """FAT partition content: destination path -> source file."""

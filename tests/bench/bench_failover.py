@@ -1,7 +1,7 @@
 """Primary spore failover figures (printed): time from SIGKILL of the Raft leader until a new
 leader has committed a write, for 3 and 5 sclerotia as separate processes on loopback
 (tests/primary_node.py). Target: under 1 s.
-Run: .venv/bin/pytest -m bench -s tests/bench/bench_failover.py"""
+Run: .venv/bin/python -m pytest -m bench -s tests/bench/bench_failover.py"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gossip figures (printed, never asserted). Run: .venv/bin/pytest -m bench -s tests/bench
+"""Gossip figures (printed, never asserted). Run: .venv/bin/python -m pytest -m bench -s tests/bench
 
 1. In-process: the real LatentSpore code over the in-memory network on a virtual clock
    (tests/vclock.py), 200 ms interval, fanout 3: time for a new state version to reach

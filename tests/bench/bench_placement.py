@@ -2,7 +2,7 @@
 loopback (two dedicated sclerotia, target three, gossip every 0.2 s), a two-replica podman
 service; SIGKILL a node running a replica, time until the leader's gossip calls it dead and
 until the leader has committed a placement without it; restart it; repeat.
-Run: .venv/bin/pytest -m bench -s tests/bench/bench_placement.py"""
+Run: .venv/bin/python -m pytest -m bench -s tests/bench/bench_placement.py"""
 
 from __future__ import annotations
 

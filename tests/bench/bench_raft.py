@@ -1,5 +1,5 @@
 """Primary spore figures (printed): commit latency p50/p99 on loopback for 3 and 5
-in-process sclerotia. Run: .venv/bin/pytest -m bench -s tests/bench/bench_raft.py"""
+in-process sclerotia. Run: .venv/bin/python -m pytest -m bench -s tests/bench/bench_raft.py"""
 
 from __future__ import annotations
 

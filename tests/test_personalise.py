@@ -1,0 +1,124 @@
+"""`build.py personalise`: a generic image gets its mycelium/ folder after it is built.
+
+Tiny GPT and MBR images are made with image/disk.py (no rootfs, no root needed), then
+personalised through build.py's command line, and read back with mtools at the FAT
+partition's offset. The root partition must come out byte for byte unchanged.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import build
+from image import disk
+from image.errors import BuildError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("net") / "net"
+    subprocess.run([sys.executable, "-m", "agent.cli", "init", "--network-name", "pers",
+                    "--dir", str(d)], check=True, capture_output=True, cwd=ROOT)
+    return d
+
+
+def _image(d: Path, label: str) -> Path:
+    """A generic image: boot partition without mycelium/, a small ext4 root."""
+    tree = d / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hostname").write_text("mycelium\n")
+    efi = d / "BOOTX64.EFI"
+    efi.write_bytes(b"MZ" + b"\0" * 4000)
+    boot = disk.make_vfat({"EFI/BOOT/BOOTX64.EFI": efi}, d / "boot.vfat", 8, "MYCBOOT")
+    root = disk.make_ext4(tree, d / "root.ext4", disk.ext4_size_mb(tree, extra_mb=4))
+    if label == "gpt":
+        return disk.assemble_gpt(d / "generic.img", boot, root)
+    return disk.assemble_mbr(d / "generic.img", boot, root)
+
+
+def _root_bytes(img: Path) -> bytes:
+    last = disk.partitions(img)[-1]
+    with img.open("rb") as f:
+        f.seek(last["start"] * disk.SECTOR)
+        return f.read(last["size"] * disk.SECTOR)
+
+
+def _read(img: Path, path: str) -> bytes:
+    return disk.fat_read(img, path, disk.fat_partition_offset(img))
+
+
+@pytest.mark.parametrize("label", ["gpt", "dos"])
+def test_personalise_writes_the_folder_into_the_fat_partition(tmp_path, net, label, capsys):
+    img = _image(tmp_path, label)
+    root_before = _root_bytes(img)
+    rc = build.main(["personalise", str(img), "--network", str(net), "--node-name", "n2",
+                     "--join", "10.0.0.1:7946", "--listen", "10.0.0.2:7946"])
+    assert rc == 0, capsys.readouterr().err
+    assert _read(img, "mycelium/node-name") == b"n2\n"
+    assert _read(img, "mycelium/join") == b"10.0.0.1:7946\n"
+    assert _read(img, "mycelium/advertise") == b"10.0.0.2:7946\n"
+    assert _read(img, "mycelium/root.json") == (net / "root.json").read_bytes()
+    assert _read(img, "mycelium/spore.json") == (net / "spore.json").read_bytes()
+    assert _read(img, "mycelium/token").strip()
+    assert _read(img, "EFI/BOOT/BOOTX64.EFI").startswith(b"MZ")  # the rest is untouched
+    assert _root_bytes(img) == root_before
+
+
+def test_personalising_again_replaces_the_folder(tmp_path, net, capsys):
+    img = _image(tmp_path, "gpt")
+    assert build.main(["personalise", str(img), "--network", str(net),
+                       "--node-name", "n2"]) == 0
+    rc = build.main(["personalise", str(img), "--network", str(net), "--node-name", "n1",
+                     "--first-node", "--listen", "10.0.0.1:7946"])
+    assert rc == 0, capsys.readouterr().err
+    assert _read(img, "mycelium/node-name") == b"n1\n"
+    assert b"n1" in _read(img, "mycelium/data/identity.json")
+    with pytest.raises(BuildError, match="not in the FAT"):
+        _read(img, "mycelium/token")  # a first node carries data/, not a token
+
+
+def test_folder_mode_writes_the_same_files(tmp_path, net):
+    assert build.main(["personalise", "--folder", str(tmp_path / "out"), "--network", str(net),
+                       "--node-name", "n3"]) == 0
+    folder = tmp_path / "out/mycelium"
+    assert (folder / "node-name").read_text() == "n3\n"
+    assert (folder / "root.json").read_bytes() == (net / "root.json").read_bytes()
+    assert {p.name for p in folder.iterdir()} == {"node-name", "root.json", "spore.json",
+                                                  "token"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["IMG.xz"], "is compressed: decompress it first"),
+    (["missing.img"], "no such image"),
+    (["ROOT"], "has no FAT boot partition"),
+    (["IMG", "--first-node"], "--first-node needs --node-name and --listen"),
+    (["IMG", "--network-config", "x.conf"], "must end in .network"),
+])
+def test_errors_are_one_line(tmp_path, net, capsys, args, message):
+    img = _image(tmp_path, "gpt")
+    root_only = disk.assemble(tmp_path / "root-only.img", disk.Layout.plan(
+        "gpt", [disk.Part(tmp_path / "root.ext4", "linux")]))
+    (tmp_path / "generic.img.xz").write_bytes(b"")
+    subst = {"IMG": str(img), "IMG.xz": str(img) + ".xz", "ROOT": str(root_only),
+             "missing.img": str(tmp_path / "missing.img")}
+    argv = [subst.get(a, a) for a in args]
+    assert build.main(["personalise", *argv, "--network", str(net)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+def test_not_a_network_dir_names_the_fix(tmp_path, capsys):
+    img = _image(tmp_path, "gpt")
+    assert build.main(["personalise", str(img), "--network", str(tmp_path)]) == 1
+    assert "mycelium init" in capsys.readouterr().err
+
+
+def test_image_or_folder_is_required(net):
+    with pytest.raises(SystemExit):
+        build.main(["personalise", "--network", str(net)])
