@@ -44,15 +44,12 @@ def build_pi(board: str, out: Path, *args: str) -> Path:
     return next(out.glob(f"mycelium-{board}*.img"))
 
 
-def fat_offset(img: Path) -> int:
-    return int(disk.partitions(img)[0]["start"]) * disk.SECTOR
-
-
 def mtools(img: Path, tool: str, *args: str) -> bytes:
     """An mtools command on the image's FAT partition (`::` paths), no mount needed."""
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    return subprocess.run([tool, "-i", f"{img}@@{fat_offset(img)}", *args], check=True,
-                          capture_output=True, env=env).stdout
+    fat = f"{img}@@{disk.fat_partition_offset(img)}"
+    return subprocess.run([tool, "-i", fat, *args], check=True, capture_output=True,
+                          env=env).stdout
 
 
 def fat_names(img: Path) -> set[str]:
@@ -62,4 +59,4 @@ def fat_names(img: Path) -> set[str]:
 
 
 def fat_text(img: Path, name: str) -> str:
-    return mtools(img, "mtype", f"::/{name}").decode()
+    return disk.fat_read(img, name, disk.fat_partition_offset(img)).decode()
