@@ -56,25 +56,33 @@ def build_main(argv: list[str]) -> int:
     p.add_argument("--k3s-sha256", default="", metavar="HEX", help="SHA-256 of the K3s "
                    "binary: required for a URL, checked for a path")
     p.add_argument("--no-xz", action="store_true", help="skip the .img.xz")
+    p.add_argument("--no-dashboard", action="store_true", help="no console dashboard on tty1 "
+                   "and the serial console (login prompts there instead)")
     p.add_argument("--work", help="work directory (default: a temporary one)")
     args = p.parse_args(argv)
 
     from image.boards import get_board
-    from image.build import BuildContext, build_image
+    from image.build import BuildContext, build_image, check_args
     from image.errors import BuildError
 
+    name = args.name or "-".join(x for x in ("mycelium", args.board, args.node_name) if x)
+    ctx = BuildContext(get_board(args.board), Path(args.out), Path(args.work or ""),
+                       Path(args.network) if args.network else None, args.node_name,
+                       args.first_node, args.listen, tuple(args.join), args.k3s_artifact,
+                       args.k3s_sha256, not args.no_xz, name,
+                       network_files=tuple(Path(f) for f in args.network_config),
+                       dashboard=not args.no_dashboard)
+    try:
+        check_args(ctx)  # every argument before any work (or the root check)
+    except BuildError as e:
+        print(f"build.py: {e}", file=sys.stderr)
+        return 1
     if os.geteuid() != 0:
         print("build.py: needs root (mmdebstrap, chroot, ownership in the image); "
               "run it with sudo", file=sys.stderr)
         return 1
-    board = get_board(args.board)
-    name = args.name or "-".join(x for x in ("mycelium", args.board, args.node_name) if x)
     with tempfile.TemporaryDirectory(prefix="mycelium-build-") as tmp:
-        ctx = BuildContext(board, Path(args.out), Path(args.work or tmp),
-                           Path(args.network) if args.network else None, args.node_name,
-                           args.first_node, args.listen, tuple(args.join), args.k3s_artifact,
-                           args.k3s_sha256, not args.no_xz, name,
-                           network_files=tuple(Path(f) for f in args.network_config))
+        ctx.work = Path(args.work or tmp)
         try:
             build_image(ctx)
         except BuildError as e:

@@ -1,73 +1,170 @@
-"""A hypha: a client of the network (CLI, TUI, an app) that talks to several nodes.
+"""All talk to peers: one client that returns parsed data or raises one error family.
 
-It speaks mutual TLS with the operator's certificate and fails over: each request goes to
-the first node that answers, and a node that fails is tried last next time.
+`PeerClient` owns one pooled aiohttp session (so a node reuses its connections), puts a
+deadline on every request and a byte cap on every reply, and reads a reply whole (a body
+that arrives in pieces is not cut short). What goes wrong comes out as `PeerError` (could
+not reach the peer, TLS refused, timed out, HTTP status not 200) or `DataError` (the body
+is over the cap or does not parse); the aiohttp, ssl and OS errors are their causes.
+
+On it sit `Hypha`, a client of the network (CLI, TUI, an app) that talks to several nodes
+with the operator's certificate and fails over: each request goes to the first node that
+answers, and a node that fails is tried last next time; and `fetch_k3s_token`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from agent.errors import DataError, MyceliumError, PeerError
+from agent.errors import DataError, PeerError, TooLargeError
 
 MAX_REPLY_BYTES = 4 << 20
+TIMEOUT = 10.0  # seconds for a whole request, reply body included
+
+
+def reason(e: BaseException) -> str:
+    """One line naming what went wrong: `ClientConnectorError: Cannot connect to ...`."""
+    return f"{type(e).__name__}: {e}".rstrip(": ")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A peer's answer, whatever its status; the body is whole and within the cap."""
+
+    url: str
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{self.url}: reply is not JSON ({e})") from e
+
+    def ok(self) -> Reply:
+        """This reply if its status is 200, else PeerError naming the status (and the
+        peer's `error` field or the start of its body)."""
+        if self.status != 200:
+            raise PeerError(f"{self.url} answered HTTP {self.status}{_why(self.body)}")
+        return self
+
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+class PeerClient:
+    """Requests to peers over one pooled session with one TLS context.
+
+    An async context manager (or call `close`). `reset` drops the pooled connections so the
+    next request handshakes anew: a peer revoked after we connected to it must not keep a
+    kept-alive connection.
+    """
+
+    def __init__(self, ssl_ctx: ssl.SSLContext | None = None, timeout: float = TIMEOUT,
+                 connect_timeout: float | None = None, cap: int = MAX_REPLY_BYTES,
+                 unix_socket: str | None = None) -> None:
+        self.ssl: ssl.SSLContext | bool = ssl_ctx if ssl_ctx is not None else True
+        self.unix_socket = unix_socket  # a local node's read-only API socket (plain HTTP)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.cap = cap
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        old, self._session = self._session, None
+        if old is not None:
+            await old.close()
+
+    def reset(self) -> None:
+        """Drop pooled connections (closed in the background); the next request opens a
+        new session."""
+        old, self._session = self._session, None
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close())
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            conn = aiohttp.UnixConnector(self.unix_socket) if self.unix_socket else None
+            self._session = aiohttp.ClientSession(connector=conn)
+        return self._session
+
+    async def request(self, method: str, url: str, data: bytes | None = None,
+                      json_body: Any = None, headers: dict[str, str] | None = None,
+                      cap: int | None = None, timeout: float | None = None) -> Reply:
+        """One request, any status. PeerError if the peer cannot be reached or the deadline
+        passes; TooLargeError if the body is over `cap`."""
+        cap = self.cap if cap is None else cap
+        t = aiohttp.ClientTimeout(total=self.timeout if timeout is None else timeout,
+                                  sock_connect=self.connect_timeout)
+        try:
+            async with self._get_session().request(method, url, data=data, json=json_body,
+                                                   headers=headers, ssl=self.ssl,
+                                                   timeout=t) as r:
+                return Reply(url, r.status, await _read_capped(r, cap, url))
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:  # ssl.SSLError is an OSError
+            raise PeerError(f"{url}: {reason(e)}") from e
+
+    async def get_bytes(self, url: str, cap: int | None = None,
+                        timeout: float | None = None) -> bytes:
+        return (await self.request("GET", url, cap=cap, timeout=timeout)).ok().body
+
+    async def get_json(self, url: str, cap: int | None = None,
+                       timeout: float | None = None) -> Any:
+        return (await self.request("GET", url, cap=cap, timeout=timeout)).ok().json()
+
+    async def post_bytes(self, url: str, data: bytes, cap: int | None = None,
+                         timeout: float | None = None) -> bytes:
+        return (await self.request("POST", url, data=data, cap=cap, timeout=timeout)).ok().body
+
+    async def post_json(self, url: str, body: Any, cap: int | None = None,
+                        timeout: float | None = None) -> Any:
+        reply = await self.request("POST", url, json_body=body, cap=cap, timeout=timeout)
+        return reply.ok().json()
+
+
+async def _read_capped(r: aiohttp.ClientResponse, cap: int, url: str) -> bytes:
+    """The whole body, or TooLargeError as soon as it passes `cap` (announced or read)."""
+    if r.content_length is not None and r.content_length > cap:
+        raise TooLargeError(f"{url}: reply of {r.content_length} bytes over {cap} bytes")
+    body = bytearray()
+    async for chunk in r.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            raise TooLargeError(f"{url}: reply over {cap} bytes")
+    return bytes(body)
+
+
+def _why(body: bytes) -> str:
+    try:
+        said = _err(json.loads(body))
+    except (ValueError, UnicodeDecodeError):
+        said = body[:200].decode(errors="replace")
+    return f": {said}" if said else ""
 
 
 async def fetch_k3s_token(addrs: list[str], ctx: ssl.SSLContext) -> str:
     """The K3s token from the first sclerotium in `addrs` that gives it, or ""."""
-    import aiohttp
-
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as s:
+    async with PeerClient(ctx) as peers:
         for addr in addrs:
             try:
-                async with s.get(f"https://{addr}/api/v1/k3s-token", ssl=ctx) as r:
-                    if r.status == 200:
-                        token = (await r.json()).get("token")
-                        if isinstance(token, str) and len(token) == 64:
-                            return token
-            except (aiohttp.ClientError, TimeoutError, ssl.SSLError, ValueError):
+                body = await peers.get_json(f"https://{addr}/api/v1/k3s-token")
+            except (PeerError, DataError):
                 continue
+            token = body.get("token") if isinstance(body, dict) else None
+            if isinstance(token, str) and len(token) == 64:
+                return token
     return ""
-
-
-def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_verify_locations(cafile=str(ca))  # only this network's CA, no system store
-    ctx.load_cert_chain(str(cert), str(key))
-    ctx.check_hostname = False  # nodes are addressed by IP:port; the CA is what we pin
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def check_after_handshake(ctx: ssl.SSLContext,
-                          check: Callable[[bytes], None]) -> ssl.SSLContext:
-    """Run `check(peer DER)` inside the handshake, on both client and server sides.
-
-    The CA chain is verified by OpenSSL; revocation (fingerprints listed in network.yaml,
-    which change at run time) cannot be, so a failing check aborts the handshake here.
-    """
-
-    class CheckingSSLObject(ssl.SSLObject):
-        def do_handshake(self) -> None:
-            super().do_handshake()
-            der = self.getpeercert(binary_form=True)
-            if der is None:
-                raise ssl.SSLError("peer presented no certificate")
-            try:
-                check(der)
-            except MyceliumError as e:
-                raise ssl.SSLError(f"peer refused: {e}") from e
-
-    ctx.sslobject_class = CheckingSSLObject
-    return ctx
 
 
 class Hypha:
@@ -76,35 +173,28 @@ class Hypha:
         if not addresses:
             raise DataError("no node addresses given; pass --to HOST:PORT[,HOST:PORT...]")
         self.addresses = list(addresses)
-        self.ssl = ssl_ctx
-        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(5.0, timeout))
-        self._session: aiohttp.ClientSession | None = None
+        self.peers = PeerClient(ssl_ctx, timeout=timeout, connect_timeout=min(5.0, timeout))
 
     async def __aenter__(self) -> Hypha:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session:
-            await self._session.close()
+        await self.peers.close()
 
     async def call(self, method: str, path: str, data: bytes | None = None,
                    addr: str | None = None) -> tuple[str, int, Any]:
         """(address that answered, HTTP status, JSON body) from the first node that answers."""
-        assert self._session is not None
         order = [addr] if addr else list(self.addresses)
         errors = []
         for a in order:
             try:
-                async with self._session.request(
-                        method, f"https://{a}{path}", data=data, ssl=self.ssl,
-                        headers={"Content-Type": "application/json"}) as r:
-                    body = await r.content.read(MAX_REPLY_BYTES + 1)
-                    if len(body) > MAX_REPLY_BYTES:
-                        raise PeerError(f"{a}: reply over {MAX_REPLY_BYTES} bytes")
-                    return a, r.status, json.loads(body) if body else None
-            except (aiohttp.ClientError, TimeoutError, ValueError, ssl.SSLError) as e:
-                errors.append(f"{a}: {type(e).__name__}: {e}".rstrip(": "))
+                r = await self.peers.request(method, f"https://{a}{path}", data=data,
+                                             headers={"Content-Type": "application/json"})
+                return a, r.status, r.json() if r.body else None
+            except TooLargeError as e:
+                raise PeerError(f"{a}: reply over {MAX_REPLY_BYTES} bytes") from e
+            except (PeerError, DataError) as e:
+                errors.append(f"{a}: {reason(e.__cause__ or e)}")
                 if not addr:  # fail over: demote the failed node to the end
                     self.addresses.remove(a)
                     self.addresses.append(a)

@@ -42,6 +42,10 @@ class TrustError(DataError):
     """A signed document failed a trust rule (signature, threshold, version, expiry...)."""
 
 
+class MalformedError(TrustError):
+    """Bytes that do not even parse as the signed document they claim to be (HTTP 400)."""
+
+
 class SignatureError(TrustError):
     """Signatures missing, forged, or below the threshold."""
 
@@ -72,3 +76,18 @@ class CertificateError(TrustError):
 
 class PeerError(TransportError):
     """A peer could not be reached or broke protocol."""
+
+
+class StorageError(TransportError):
+    """This machine's disk refused a write (full, over quota, read-only, failing): nothing
+    was half-written, and the same write works once the cause is fixed. The API answers
+    it 507."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class VmError(DataError):
+    """A VM cannot start from what it was given (image hash, missing kernel, bad image):
+    retrying does not help until network.yaml or the node's files change."""

@@ -10,12 +10,11 @@ download.
 
 from __future__ import annotations
 
-import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import TransportError
+from agent.statefile import fetch_checked
 from image.errors import BuildError
 from image.rootfs import cache_dir
 from recipes.artifact import file_sha256
@@ -41,17 +40,24 @@ def _normalise(sha256: str, src: str) -> str:
     return sha
 
 
-def resolve(src: str, sha256: str = "") -> Artifact:
-    """The checked local file for `src`; raises BuildError on a missing file or bad hash."""
+def check(src: str, sha256: str = "") -> str:
+    """The arguments alone (no hashing, no download): the normalised SHA-256, or BuildError."""
     sha = _normalise(sha256, src)
     if _is_url(src):
         if not sha:
             raise BuildError(f"{src}: a URL artifact needs --k3s-sha256 (its published "
                              "SHA-256), so a wrong download never goes into the image")
+    elif not Path(src).is_file():
+        raise BuildError(f"{src}: K3s artifact not found; give a file path or an http(s) URL")
+    return sha
+
+
+def resolve(src: str, sha256: str = "") -> Artifact:
+    """The checked local file for `src`; raises BuildError on a missing file or bad hash."""
+    sha = check(src, sha256)
+    if _is_url(src):
         return Artifact(src, _download(src, sha), sha)
     local = Path(src)
-    if not local.is_file():
-        raise BuildError(f"{src}: K3s artifact not found; give a file path or an http(s) URL")
     actual = file_sha256(local)
     if sha and actual != sha:
         raise BuildError(f"{src}: sha256 is {actual}, expected {sha}; check --k3s-sha256")
@@ -62,19 +68,11 @@ def _download(url: str, sha: str) -> Path:
     cached = cache_dir().parent / "artifacts" / sha
     if cached.is_file() and file_sha256(cached) == sha:
         return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    part = cached.with_suffix(".part")
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r, part.open("wb") as f:
-            shutil.copyfileobj(r, f)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        part.unlink(missing_ok=True)
-        raise BuildError(f"{url}: download failed ({e}); check the URL or give a local "
-                         "path") from e
-    actual = file_sha256(part)
+        actual = fetch_checked(url, sha, cached, TIMEOUT_S)
+    except TransportError as e:
+        raise BuildError(f"{e}; check the URL or give a local path") from e
     if actual != sha:
-        part.unlink()
         raise BuildError(f"{url}: downloaded sha256 is {actual}, expected {sha}; check "
                          "--k3s-sha256 and the URL")
-    part.rename(cached)
     return cached

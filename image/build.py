@@ -16,20 +16,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.desired import User
-from agent.netdir import NetworkDir
+from agent.authoring.netdir import NetworkDir
 from image.artifacts import Artifact, resolve
+from image.artifacts import check as check_artifact
 from image.boards import Board
 from image.disk import du_kib, ext4_size_mb, make_ext4, make_vfat
 from image.errors import BuildError
 from image.personalise import Personalisation, write_folder
+from image.personalise import check as check_personalisation
 from image.progress import TIMINGS, step
 from image.rootfs import bootstrap, unpack
 from image.slim import slim_rootfs
 from image.wheels import build_wheelhouse
 from recipes.artifact import file_sha256
 from recipes.deploys import K3S_BINARY
-from recipes.params import AgentParams, BaseParams, BootParams
+from recipes.params import AgentParams, BaseParams, BootParams, User
 
 
 @dataclass
@@ -48,6 +49,7 @@ class BuildContext:
     name: str = ""
     users: tuple[User, ...] = ()
     network_files: tuple[Path, ...] = ()  # systemd-networkd files applied at first boot
+    dashboard: bool = True  # the console dashboard on tty1 and the serial console
     manifest: dict = field(default_factory=dict)
     k3s: Artifact | None = None  # the checked K3s binary, once resolved
 
@@ -68,6 +70,20 @@ class BuildContext:
             return None
         return Personalisation(self.network, self.node_name, self.first_node, self.listen,
                                self.join, self.network_files)
+
+
+def check_args(ctx: BuildContext) -> None:
+    """Every argument, before any work: a mistake costs a second, not a Debian bootstrap."""
+    p = ctx.personalisation()
+    if p is not None:
+        check_personalisation(p)
+    elif ctx.first_node or ctx.listen or ctx.join or ctx.node_name or ctx.network_files:
+        raise BuildError("--first-node, --node-name, --listen, --join and --network-config "
+                         "personalise an image: add --network DIR (made by `mycelium init`)")
+    if ctx.k3s_artifact:
+        check_artifact(ctx.k3s_artifact, ctx.k3s_sha256)
+    elif ctx.k3s_sha256:
+        raise BuildError("--k3s-sha256 checks a K3s binary: add --k3s-artifact PATH|URL")
 
 
 def bootstrap_rootfs(ctx: BuildContext) -> None:
@@ -92,7 +108,9 @@ def install_core(ctx: BuildContext) -> None:
         ctx.users = _network_users(ctx.network)
     steps = [(deploys.base, (BaseParams("mycelium", ctx.users),)),
              (deploys.agent, (AgentParams(running=False), str(ctx.work / "wheels"))),
-             (deploys.image_boot, (BootParams(ctx.board.boot_label, ctx.board.boot_mount),))]
+             (deploys.image_boot, (BootParams(ctx.board.boot_label, ctx.board.boot_mount,
+                                              consoles=("tty1", ctx.board.serial)
+                                              if ctx.dashboard else ()),))]
     if ctx.k3s is not None:
         steps.append((deploys.k3s_binary, (str(ctx.k3s.local), ctx.k3s.sha256)))
     names = "base + agent + image boot" + (" + K3s binary" if ctx.k3s else "")
@@ -130,7 +148,7 @@ def personalise(ctx: BuildContext) -> None:
 
 
 def _network_users(network: Path) -> tuple[User, ...]:
-    from agent.schema import parse_state
+    from agent.desired.schema import parse_state
 
     return parse_state(NetworkDir(network).network_yaml.read_bytes()).users
 
@@ -138,7 +156,7 @@ def _network_users(network: Path) -> tuple[User, ...]:
 def make_filesystems(ctx: BuildContext) -> tuple[Path, Path]:
     with step("Writing the boot (FAT) and root (ext4) filesystems"):
         # boot files first: a board may move them out of the rootfs (x86: kernel, initrd)
-        files = ctx.board.boot_files(ctx)
+        files = ctx.board.boot_files(ctx.rootfs, ctx.work)
         if ctx.boot_dir.exists():
             files["mycelium"] = ctx.boot_dir
         need = sum(_size(p) for p in files.values()) / 2**20
@@ -157,7 +175,7 @@ def _size(p: Path) -> int:
 def assemble_disk(ctx: BuildContext, boot: Path, root: Path) -> None:
     with step(f"Assembling {ctx.image}"):
         ctx.out.mkdir(parents=True, exist_ok=True)
-        ctx.board.assemble(ctx, boot, root)
+        ctx.board.assemble(ctx.image, boot, root)
 
 
 def compress(ctx: BuildContext) -> None:
@@ -206,6 +224,7 @@ def _space(root: Path) -> dict[str, int]:
 
 
 def build_image(ctx: BuildContext) -> Path:
+    check_args(ctx)
     TIMINGS.clear()
     start = time.monotonic()
     ctx.work.mkdir(parents=True, exist_ok=True)

@@ -38,14 +38,11 @@ class Personalisation:
 
 def write_folder(p: Personalisation, dest: Path) -> Path:
     """Write the mycelium/ folder as `dest` (replaced if it exists); returns `dest`."""
+    from agent.authoring.netdir import NetworkDir
     from agent.errors import MyceliumError
-    from agent.netdir import NetworkDir
 
+    check(p)
     net = NetworkDir(p.network)
-    if not net.root_json.is_file():
-        raise BuildError(f"{p.network} is not a network directory (no root.json); make one "
-                         "with `mycelium init --network-name NAME --dir DIR`")
-    _check(p)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     try:
@@ -56,14 +53,41 @@ def write_folder(p: Personalisation, dest: Path) -> Path:
     return dest
 
 
-def _check(p: Personalisation) -> None:
-    if p.first_node and not (p.node_name and p.listen):
-        raise BuildError("--first-node needs --node-name and --listen HOST:PORT")
+def check(p: Personalisation) -> None:
+    """Refuse bad arguments in one line with the fix, before any work (the image build
+    calls this first, so a missing --listen does not wait for the Debian bootstrap)."""
+    from agent.authoring.netdir import NetworkDir
+
+    if not NetworkDir(p.network).root_json.is_file():
+        raise BuildError(f"{p.network} is not a network directory (no root.json); make one "
+                         "with `mycelium init --network-name NAME --dir DIR`")
+    missing = " and ".join(m for m, ok in (("--node-name", p.node_name),
+                                           ("--listen HOST:PORT", p.listen)) if not ok)
+    if p.first_node and missing:
+        raise BuildError(f"--first-node needs {missing}: e.g. --node-name n1 --listen "
+                         "192.168.1.10:7946, the address its peers reach it at (under QEMU "
+                         "user networking: --listen 10.0.2.15:7946)")
+    if p.listen and not _host_port(p.listen):
+        raise BuildError(f"--listen {p.listen!r}: give HOST:PORT, e.g. 192.168.1.10:7946")
+    for peer in p.join:
+        if not _host_port(peer):
+            raise BuildError(f"--join {peer!r}: give HOST:PORT, e.g. 192.168.1.10:7946")
     for f in p.network_files:
         if f.suffix not in NETWORKD_SUFFIXES:
             raise BuildError(f"{f}: a networkd file must end in .network, .netdev or .link")
         if not f.is_file():
             raise BuildError(f"{f}: no such networkd file")
+
+
+def _host_port(addr: str) -> bool:
+    from agent.errors import DataError
+    from agent.node.enrol import split_addr
+
+    try:
+        host, port = split_addr(addr)
+    except DataError:
+        return False
+    return bool(host) and 0 < port < 65536
 
 
 def _fill(p: Personalisation, net, d: Path) -> None:
@@ -77,11 +101,11 @@ def _fill(p: Personalisation, net, d: Path) -> None:
         for f in p.network_files:
             shutil.copy(f, d / "network" / f.name)
     if p.first_node:
-        from agent.bootstrap import bootstrap_first_node
+        from agent.authoring.bootstrap import bootstrap_first_node
 
         bootstrap_first_node(net, d / "data", p.node_name, p.listen)
     else:
-        from agent.identity import make_token
+        from agent.authoring.identity import make_token
 
         token = make_token(net, "rhizomorph", timedelta(days=p.token_days),
                            p.node_name or None)

@@ -16,12 +16,19 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import apt, files, server
 
-import configs
+from configs import TEMPLATES
 from recipes import artifact, podman, units
-from recipes.params import AgentParams, BaseParams, BootParams, ContainersParams, K3sParams
+from recipes.names import name_path, safe_name
+from recipes.params import (
+    AgentParams,
+    BaseParams,
+    BootParams,
+    ContainersParams,
+    K3sParams,
+    VmRuntimeParams,
+)
 from recipes.venv import installed, wheelhouse_digest
 
-TEMPLATES = Path(configs.__file__).parent / "templates"
 K3S_MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
 K3S_IMAGES = "/var/lib/rancher/k3s/agent/images"
 K3S_BINARY = "/usr/local/bin/k3s"
@@ -37,14 +44,15 @@ def _tpl(name: str) -> str:
 
 @deploy("base")
 def base(p: BaseParams) -> None:
-    files.put(mode="644", name="Hostname", src=StringIO(p.hostname + "\n"), dest="/etc/hostname")
+    files.put(mode="644", name="Hostname", src=StringIO(safe_name(p.hostname) + "\n"),
+              dest="/etc/hostname")
     files.template(mode="644", name="/etc/hosts", src=_tpl("hosts.j2"), dest="/etc/hosts",
                    hostname=p.hostname)
     for u in p.users:
-        server.user(name=f"User {u.name}", user=u.name, shell="/bin/bash", create_home=True,
-                    groups=["sudo"] if u.sudo else None, public_keys=list(u.ssh_keys) or None,
-                    delete_keys=True)
-        sudoers = f"/etc/sudoers.d/mycelium-{u.name}"
+        server.user(name=f"User {u.name}", user=safe_name(u.name, user=True), shell="/bin/bash",
+                    create_home=True, groups=["sudo"] if u.sudo else None,
+                    public_keys=list(u.ssh_keys) or None, delete_keys=True)
+        sudoers = name_path("/etc/sudoers.d", u.name, prefix="mycelium-", user=True)
         if u.sudo:
             files.put(name=f"Sudo for {u.name}", dest=sudoers, mode="440",
                       src=StringIO(f"{u.name} ALL=(ALL) NOPASSWD:ALL\n"))
@@ -129,7 +137,8 @@ def k3s(p: K3sParams | None) -> None:
         keep = {f"mycelium-{n}.yaml" for n in p.manifests}
         for name, text in sorted(p.manifests.items()):
             files.put(mode="644", name=f"Manifest {name}", src=StringIO(text),
-                      create_remote_dir=True, dest=f"{K3S_MANIFESTS}/mycelium-{name}.yaml")
+                      create_remote_dir=True,
+                      dest=name_path(K3S_MANIFESTS, name, ".yaml", prefix="mycelium-"))
         for path in host.get_fact(FindFiles, path=K3S_MANIFESTS, fname="mycelium-*.yaml"):
             if Path(path).name not in keep:
                 files.file(name=f"Remove manifest {Path(path).name}", path=path,
@@ -153,6 +162,13 @@ def containers(p: ContainersParams | None) -> None:
             podman.kube(name=f"Remove service {name}", svc=name, present=False)
 
 
+@deploy("vm runtime")
+def vm_runtime(p: VmRuntimeParams | None) -> None:
+    """QEMU for the endophytes placed here (the agent runs them). Left installed when none
+    is placed any more, like podman: the agent stops the VMs, the packages cost only disk."""
+    if p is not None:
+        apt.packages(name="QEMU", packages=list(p.packages), update=True, cache_time=86400)
+
 
 @deploy("k3s binary")
 def k3s_binary(src: str, sha256: str) -> None:
@@ -175,3 +191,16 @@ def image_boot(p: BootParams) -> None:
                    boot_mount=p.boot_mount, data_dir=p.data_dir)
     units.service(name="first-boot service", unit="mycelium-firstboot.service",
                   running=False)
+    if not p.consoles:
+        return
+    files.template(mode="644", name="console dashboard unit",
+                   src=_tpl("mycelium-console@.service.j2"),
+                   dest="/etc/systemd/system/mycelium-console@.service",
+                   venv=p.venv, data_dir=p.data_dir)
+    for tty in p.consoles:
+        # the dashboard replaces the login prompt there (the getty would take the tty back)
+        getty = "serial-getty" if tty.startswith("tty") and not tty[3:].isdigit() else "getty"
+        files.link(name=f"no {getty} on {tty}", path=f"/etc/systemd/system/{getty}@{tty}.service",
+                   target="/dev/null")
+        units.service(name=f"console dashboard on {tty}", unit=f"mycelium-console@{tty}.service",
+                      running=False)

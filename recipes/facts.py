@@ -1,7 +1,7 @@
 """Facts the recipes read: each runs one command and parses its output in a pure function.
 
 `process` methods take the output lines and nothing else, so the fact cases under
-tests/recipes/facts/ can check them without a machine.
+tests/recipe_cases/facts/ can check them without a machine.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Inputs of the deploys, as plain frozen data.
 
-The agent's planner (agent/plan.py) and the image builder (image/) both build these, so the
+The agent's planner (agent/desired/plan.py) and the image builder (image/) both build these, so the
 recipes never read network.yaml or host data themselves.
 """
 
@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from agent.desired import User
+
+@dataclass(frozen=True)
+class User:
+    """A login account; network.yaml's `users:` entries are parsed into these."""
+
+    name: str
+    ssh_keys: tuple[str, ...] = ()
+    sudo: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,13 @@ class ContainersParams:
 
 
 @dataclass(frozen=True)
+class VmRuntimeParams:
+    """The VM runtime's packages (the agent itself supervises the VMs)."""
+
+    packages: tuple[str, ...] = ("qemu-system-x86", "qemu-utils")
+
+
+@dataclass(frozen=True)
 class BootParams:
     """What only a built image needs: mounts and the first-boot service."""
 
@@ -55,6 +69,8 @@ class BootParams:
     boot_mount: str = "/boot/efi"
     data_dir: str = "/var/lib/mycelium"
     port: int = 7946
+    venv: str = "/opt/mycelium/venv"  # where the agent recipe installed `mycelium`
+    consoles: tuple[str, ...] = ()  # terminals the dashboard runs on: tty1, the serial tty
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

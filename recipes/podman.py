@@ -17,12 +17,13 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files
 
 from recipes.facts import PodmanPods
+from recipes.names import name_path
 
 KUBE_DIR = "/etc/mycelium/kube"
 
 
 def manifest_path(name: str) -> str:
-    return f"{KUBE_DIR}/{name}.yaml"
+    return name_path(KUBE_DIR, name, ".yaml")
 
 
 def service_pods(pods: dict[str, dict], svc: str) -> dict[str, dict]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.authority import LatentView, PrimaryView, SeedView, decide
+from agent.desired.authority import LatentView, PrimaryView, SeedView, decide
 
 P = PrimaryView(reachable=True, has_quorum=True, version=5, members=("a", "b", "c"),
                 placement_version=4)

@@ -5,7 +5,6 @@ spore, and promotes, re-adds and demotes as sclerotia die and come back."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -13,29 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from agent.cluster import Cluster, cluster_down, cluster_up, kill_node, restart_node, wait_ready
-from agent.identity import sign_state
-from agent.netdir import NetworkDir
-from agent.sclerotia import raft_addr
-from agent.spore import load_spore, new_spore, sign_spore_with_root, verify_spore
-from test_cluster import GOSSIP, _status, api, keep_logs, post_envelope, wait_for
-
-NETWORK_YAML = """\
-schema: 1
-network: {name: local}
-nodes:
-  - {name: n1, role: sclerotium}
-  - {name: n2, role: sclerotium}
-  - {name: n3, role: rhizomorph, runtime: podman}
-  - {name: n4, role: rhizomorph, runtime: podman}
-  - {name: n5, role: rhizomorph, runtime: podman}
-spores:
-  primary: {target_sclerotia: 3}
-  seed: {locations: [SEED]}
-services:
-  endomycetes:
-    web: {image: localhost/web:1, replicas: 2}
-"""
+from agent.authoring.identity import sign_state
+from agent.authoring.netdir import NetworkDir
+from agent.lab.cluster import cluster_down, cluster_up, kill_node, restart_node, wait_ready
+from agent.raft.membership import raft_addr
+from agent.trust.spore import load_spore, new_spore, sign_spore_with_root, verify_spore
+from support.agents import (
+    BACKBONE_YAML,
+    GOSSIP,
+    api,
+    keep_logs,
+    leader_view,
+    post_envelope,
+    primary,
+    wait_for,
+    web_hosts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def cluster(tmp_path_factory):
                    progress=lambda _: None)
     seed = d / "published" / "spore.json"
     seed.parent.mkdir()
-    data = NETWORK_YAML.replace("SEED", str(seed)).encode()
+    data = BACKBONE_YAML.replace("SEED", str(seed)).encode()
     version, env = sign_state(NetworkDir(c.network), data)
     assert post_envelope(c, env, c.nodes[2].addr)[1] == 200  # pushed to a rhizomorph
     c.pushed = version  # type: ignore[attr-defined]
@@ -54,31 +46,6 @@ def cluster(tmp_path_factory):
     yield c
     keep_logs(c)
     cluster_down(d)
-
-
-def primary(c: Cluster, name: str) -> dict | None:
-    node = next(n for n in c.nodes if n.name == name)
-    if asyncio.run(_status(c, "/api/v1/primary", node.addr)) != 200:
-        return None
-    return api(c, "/api/v1/primary", node.addr)
-
-
-def leader_view(c: Cluster, alive: list[str] | None = None) -> dict | None:
-    """The Primary as its leader reports it (None while there is none)."""
-    for n in c.nodes:
-        if alive is not None and n.name not in alive:
-            continue
-        try:
-            view = primary(c, n.name)
-        except Exception:
-            continue
-        if view and view["leader"] == raft_addr(n.addr) and not view["possibly_stale"]:
-            return view
-    return None
-
-
-def web_hosts(view: dict) -> list[str]:
-    return sorted(n for n, s in view["placement"]["shares"].items() if "web" in s["endomycetes"])
 
 
 def test_leader_commits_state_registry_and_promotes_to_target(cluster):
@@ -96,6 +63,26 @@ def test_leader_commits_state_registry_and_promotes_to_target(cluster):
                     if raft_addr(next(x.addr for x in cluster.nodes if x.name == n))
                     != view["leader"])
     assert primary(cluster, follower)["possibly_stale"] is True
+
+
+def test_a_used_token_or_taken_name_is_refused_at_every_sclerotium(cluster):
+    """Token uses and enrolled names live in the Primary: what one sclerotium issued, the
+    other (a dedicated sclerotium too, with its own enrolment port) refuses."""
+    from datetime import timedelta
+
+    from agent.authoring.identity import make_token
+    from support.agents import enrol_at
+
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    net = NetworkDir(cluster.network)
+    token = make_token(net, "rhizomorph", timedelta(minutes=5))
+    assert enrol_at(n1.addr, token, "w1")[0] == 200
+    status, body = enrol_at(n2.addr, token, "w2")
+    assert status == 403 and body["error"] == "join token already used"
+    fresh = make_token(net, "rhizomorph", timedelta(minutes=5), uses=5)
+    got = wait_for(lambda: (r := enrol_at(n2.addr, fresh, "w1"))[0] == 409 and r,
+                   what="w1 held at n2")
+    assert got[1]["error"].startswith("node name w1 is already enrolled")
 
 
 def test_every_node_acts_on_the_committed_placement(cluster):
@@ -237,7 +224,7 @@ def test_without_sclerotia_a_newer_seed_spore_is_acted_on(cluster):
                          if m["name"] in {n.name for n in down}), timeout=40,
              what="Raft members seen dead")
     net = NetworkDir(cluster.network)
-    data = NETWORK_YAML.replace("SEED", str(cluster.seed)).encode()
+    data = BACKBONE_YAML.replace("SEED", str(cluster.seed)).encode()
     version, env = sign_state(net, data)
     held = load_spore(cluster.seed.read_bytes())
     root = net.root()

@@ -11,79 +11,51 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
-import testinfra
 
 from image import disk
 from image.qemu import Guest, SocketNet, free_port, mac
-from rootfs_fixture import need_root
+from support.boot import (
+    READY,
+    fill_section,
+    grow,
+    make_network,
+    run,
+    serial_on_failure,
+    ssh_host,
+)
 
 pytestmark = pytest.mark.boot
 ROOT = Path(__file__).resolve().parent.parent
-READY = "mycelium agent ready"
-
-
-def _run(*cmd: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=1800)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def _network(d: Path, nodes: str) -> tuple[Path, Path]:
-    """A network whose only user is `tester` with a fresh SSH key; returns (net, key)."""
-    need_root()
-    _run(sys.executable, "-m", "agent.cli", "init", "--network-name", "boot", "--dir",
-         str(d / "net"))
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "id"), "-C", "tester")
-    key = (d / "id.pub").read_text().strip()
-    y = d / "net/network.yaml"
-    y.write_text(y.read_text().replace("nodes: []", f"nodes:\n{nodes}")
-                 .replace("users: []", f'users:\n  - {{name: tester, sudo: true, '
-                          f'ssh_keys: ["{key}"]}}'))
-    return d / "net", d / "id"
-
-
-def _grow(img: Path, extra_mb: int) -> None:
-    """A bigger "medium" than the image: first boot grows the root into it."""
-    with img.open("r+b") as f:
-        f.truncate(img.stat().st_size + extra_mb * 2**20)
 
 
 def _build(d: Path, node: str, *args: str) -> Path:
     t0 = time.monotonic()
-    out = _run(sys.executable, str(ROOT / "build.py"), "--board", "x86", "--network",
+    out = run(sys.executable, str(ROOT / "build.py"), "--board", "x86", "--network",
                str(d / "net"), "--node-name", node, "--out", str(d / "dist"), "--no-xz",
                *args, cwd=ROOT)
     print(out.strip().splitlines()[-1], f"({time.monotonic() - t0:.0f} s)")
     return d / f"dist/mycelium-x86-{node}.img"
 
 
-def _build_generic(d: Path, name: str) -> Path:
+def _build_generic(d: Path, name: str, *args: str) -> Path:
     """An image with no network: what a download page would offer."""
     t0 = time.monotonic()
-    out = _run(sys.executable, str(ROOT / "build.py"), "--board", "x86", "--name", name,
-               "--out", str(d / "dist"), "--no-xz", cwd=ROOT)
+    out = run(sys.executable, str(ROOT / "build.py"), "--board", "x86", "--name", name,
+               "--out", str(d / "dist"), "--no-xz", *args, cwd=ROOT)
     print(out.strip().splitlines()[-1], f"({time.monotonic() - t0:.0f} s)")
     return d / f"dist/{name}.img"
 
 
 def _personalise(img: Path, net: Path, node: str, *args: str) -> None:
     """What an operator does after flashing: `build.py personalise` (mtools, no mount)."""
-    print(_run(sys.executable, str(ROOT / "build.py"), "personalise", str(img), "--network",
+    print(run(sys.executable, str(ROOT / "build.py"), "personalise", str(img), "--network",
                str(net), "--node-name", node, *args, cwd=ROOT).strip())
-
-
-def _ssh_host(g: Guest, key: Path, timeout: float = 60):
-    host = testinfra.get_host(f"paramiko://tester@127.0.0.1:{g.ssh_port}?ssh_identity_file="
-                              f"{key}&stricthostkeychecking=no&timeout=30", sudo=True)
-    wait_ssh(host, timeout)
-    return host
 
 
 def _fake_k3s(d: Path) -> tuple[Path, str]:
@@ -98,7 +70,7 @@ def built(tmp_path_factory):
     """A network with one user (our SSH key), and the first node's image for it, with a
     K3s binary baked in."""
     d = tmp_path_factory.mktemp("boot")
-    _network(d, "  - {name: n1, role: sclerotium}")
+    make_network(d, "  - {name: n1, role: sclerotium}")
     k3s, sha = _fake_k3s(d)
     img = _build(d, "n1", "--first-node", "--listen", "10.0.2.15:7946", "--k3s-artifact",
                  str(k3s))
@@ -109,22 +81,18 @@ def built(tmp_path_factory):
     assert hashlib.sha256(data).hexdigest() == sha and mode == 0o755
     print("image space (MB):", manifest["space"], manifest["partitions_mb"])
     size = img.stat().st_size
-    _grow(img, 512)
+    grow(img, 512)
     return d, img, size, sha
 
 
 def test_x86_image_boots_to_a_ready_agent_and_passes_node_checks(built):
     d, img, built_size, k3s_sha = built
     t0 = time.monotonic()
-    with Guest(img, d, name="n1", memory_mb=1024) as g:
-        try:
-            g.wait_for(READY, timeout=420)
-        except Exception:
-            print(g.console()[-4000:])
-            raise
+    with Guest(img, d, name="n1", memory_mb=1024) as g, serial_on_failure(g):
+        g.wait_for(READY, timeout=420)
         ready_s = time.monotonic() - t0
         print(f"boot to agent ready: {ready_s:.0f} s")
-        host = _ssh_host(g, d / "id")
+        host = ssh_host(g, d / "id")
         assert host.service("mycelium-agent").is_running
         assert host.service("mycelium-agent").is_enabled
         # identity from the FAT mycelium/ folder
@@ -149,27 +117,21 @@ def test_x86_image_boots_to_a_ready_agent_and_passes_node_checks(built):
         assert failed == "", failed
         rss = int(host.check_output("ps -o rss= -C mycelium | sort -n | tail -1") or 0)
         print(f"agent RSS after boot: {rss / 1024:.0f} MB")
-
-
-def wait_ssh(host, timeout: float) -> None:
-    """Until testinfra's first command over SSH succeeds (also used by test_boot_rpi)."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            host.run("true")
-            return
-        except Exception:
-            if time.monotonic() > end:
-                raise
-            time.sleep(2)
+        # the console dashboard (issue 13) on the VT and on the serial console, whose
+        # frames reach the serial log: its connection line names the node it reads
+        for tty in ("tty1", "ttyS0"):
+            assert host.service(f"mycelium-console@{tty}").is_enabled, tty
+        g.wait_for(r"reading n1 at", timeout=300)
+        for tty in ("tty1", "ttyS0"):
+            assert host.service(f"mycelium-console@{tty}").is_running, tty
+        print(f"console dashboard on serial: {time.monotonic() - t0:.0f} s after start")
 
 
 MESH = "10.78.0"  # the guests' private link (a QEMU socket network on loopback)
 PAGE = "hello from an endomycete"
 FETCH = ("python3 -c \"import urllib.request as u; "
          "print(u.urlopen('http://127.0.0.1:8080/', timeout=10).read().decode())\"")
-WEB = """  endomycetes:
-    web:
+WEB = """    web:
       image: localhost/web:1
       replicas: 2
       ports: [{port: 8080}]
@@ -198,7 +160,7 @@ def _web_image(d: Path) -> Path:
 def _push(d: Path, port: int, state: str) -> None:
     y = d / "net/network.yaml"
     y.write_text(state)
-    _run(sys.executable, "-m", "agent.cli", "push", str(y), "--to", f"127.0.0.1:{port}",
+    run(sys.executable, "-m", "agent.cli", "push", str(y), "--to", f"127.0.0.1:{port}",
          "--network", str(d / "net"), "--timeout", "120")
 
 
@@ -217,6 +179,10 @@ def _eventually(check, timeout: float, what: str, every: float = 5.0):
         time.sleep(every)
 
 
+# On demand (`-m "boot and slow"`), not in CI: on CI's two cores, two TCG guests took
+# 800 s for their first apply (podman from apt) and missed this test's deadlines in three
+# runs on 2026-12-02 (SWIM flapping at 200 ms rounds in two of them).
+@pytest.mark.slow
 def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
     """Two x86 images on a QEMU socket network: the second (a generic image personalised
     with `build.py personalise`) joins the first from the seed spore; a two-replica
@@ -225,21 +191,32 @@ def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
     if shutil.which("busybox") is None:
         pytest.skip("needs busybox-static on the host: sh .ci/install --test")
     d = tmp_path
-    net, key = _network(d, "  - {name: n1, role: sclerotium, runtime: podman}\n"
+    net, key = make_network(d, "  - {name: n1, role: sclerotium, runtime: podman}\n"
                            "  - {name: n2, role: rhizomorph, runtime: podman}")
+    # One-second gossip rounds: two TCG guests on two host cores run tens of times slower
+    # than hardware, and at 200 ms they flapped between suspect, dead and alive for the
+    # whole test (the leader then kept n2 out of placements). The timeouts scale with the
+    # round (agent/tuning.py), as they would for a network of slow boards.
+    y = net / "network.yaml"
+    text = y.read_text()
+    assert "interval_ms: 200 " in text
+    y.write_text(text.replace("interval_ms: 200 ", "interval_ms: 1000", 1))
+    # No dashboards here (the single-node test checks them): two TCG guests on two host
+    # cores are starved enough (a dashboard on ttyS0 used 112 s of CPU in its first 4 min).
     img1 = _build(d, "n1", "--first-node", "--listen", f"{MESH}.1:7946",
-                  "--network-config", str(_mesh_file(d, "n1", 1)))
+                  "--network-config", str(_mesh_file(d, "n1", 1)), "--no-dashboard")
     # n2 starts as a generic image, personalised after the build like a flashed card
-    img2 = _build_generic(d, "mycelium-x86-n2")
+    img2 = _build_generic(d, "mycelium-x86-n2", "--no-dashboard")
     _personalise(img2, net, "n2", "--listen", f"{MESH}.2:7946",
                  "--network-config", str(_mesh_file(d, "n2", 2)))
     for img in (img1, img2):
-        _grow(img, 1024)  # room for podman and its apt lists
+        grow(img, 1024)  # room for podman and its apt lists
     base_state = (net / "network.yaml").read_text()
     tar = _web_image(d)
     link = free_port()
     with Guest(img1, d, name="n1", forward=[7946], nets=[SocketNet("listen", link)]) as g1, \
-            Guest(img2, d, name="n2", nets=[SocketNet("connect", link)]) as g2:
+            Guest(img2, d, name="n2", nets=[SocketNet("connect", link)]) as g2, \
+            serial_on_failure(g1, g2):  # both guests' log tails, whatever fails
         t0 = time.monotonic()
         for g in (g1, g2):
             g.wait_for(READY, timeout=420)
@@ -248,18 +225,18 @@ def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
                   "--network", str(net), "-o", "json"]
 
         def both_alive() -> bool:
-            members = json.loads(_run(*status))
+            members = json.loads(run(*status))
             return {m["name"] for m in members if m["state"] == "alive"} == {"n1", "n2"}
 
         _eventually(both_alive, 120, "n1 and n2 alive in n1's view")
         print(f"two nodes up and joined: {time.monotonic() - t0:.0f} s")
 
         t1 = time.monotonic()
-        with_web = base_state.replace("  endomycetes: {}\n", WEB)
+        with_web = fill_section(base_state, "  endomycetes:", WEB)
         assert with_web != base_state
         _push(d, api, with_web)
         # n2's users were not baked in: its first reconcile of the state makes them
-        hosts = [_ssh_host(g, key, timeout=300) for g in (g1, g2)]
+        hosts = [ssh_host(g, key, timeout=300) for g in (g1, g2)]
         for g, host in zip((g1, g2), hosts, strict=True):
             # podman arrives with the containers recipe; the image is loaded by hand (no
             # registry), so the first kube play fails and the reconcile retry runs it
@@ -280,14 +257,14 @@ def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
             _eventually(lambda h=host: h.check_output("podman pod ps -q") == "", 300,
                         f"the service removed from {g.name}")
             assert not host.file("/etc/mycelium/kube/web.yaml").exists
-        members = json.loads(_run(*status))
+        members = json.loads(run(*status))
         for m in members:  # the reconcile summary every node gossips
             assert m["status"]["status"] in ("ok", "applying"), m
             assert m["status"]["applied_version"] >= 1
-        print(_run(sys.executable, "-m", "agent.cli", "status", "--to", f"127.0.0.1:{api}",
+        print(run(sys.executable, "-m", "agent.cli", "status", "--to", f"127.0.0.1:{api}",
                    "--network", str(net)))
 
 
 def _copy(g: Guest, key: Path, src: Path, dest: str) -> None:
-    _run("scp", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    run("scp", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
          "-i", str(key), "-P", str(g.ssh_port), str(src), f"tester@127.0.0.1:{dest}")

@@ -14,41 +14,18 @@ tests/test_boot_rpi.py`.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import testinfra
 
 from image.boards.rpi import config_entries
 from image.qemu import DirectBoot, Guest
-from pi_image import build_pi, fat_names, fat_text, mtools, need_arm64_cache
-from test_boot import wait_ssh
+from support.boot import READY, make_network, ssh_host
+from support.pi_image import build_pi, fat_names, fat_text, mtools, need_arm64_cache
 
 pytestmark = [pytest.mark.boot, pytest.mark.slow]
-READY = "mycelium agent ready"
 USB_NET = "[Match]\nName=usb*\n\n[Network]\nDHCP=ipv4\n"
-
-
-def _run(*cmd: str) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return proc.stdout
-
-
-def _network(d: Path) -> Path:
-    """A network with one sclerotium and one user, `tester`, with a fresh SSH key."""
-    _run(sys.executable, "-m", "agent.cli", "init", "--network-name", "pi", "--dir",
-         str(d / "net"))
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "id"), "-C", "tester")
-    key = (d / "id.pub").read_text().strip()
-    y = d / "net/network.yaml"
-    y.write_text(y.read_text().replace("nodes: []", "nodes:\n  - {name: p1, role: sclerotium}")
-                 .replace("users: []", f'users:\n  - {{name: tester, sudo: true, '
-                          f'ssh_keys: ["{key}"]}}'))
-    return d / "net"
 
 
 def _direct_boot(img: Path, d: Path) -> DirectBoot:
@@ -65,7 +42,7 @@ def _direct_boot(img: Path, d: Path) -> DirectBoot:
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
     need_arm64_cache()
     d = tmp_path_factory.mktemp("rpi")
-    net = _network(d)
+    net, _ = make_network(d, "  - {name: p1, role: sclerotium}", name="pi")
     (d / "20-usb.network").write_text(USB_NET)
     t0 = time.monotonic()
     img = build_pi("rpi4", d / "dist", "--network", str(net), "--node-name", "p1",
@@ -90,9 +67,7 @@ def test_rpi4_image_boots_on_raspi3b_to_a_ready_agent(built: tuple[Path, Path, i
             print(g.console()[-4000:])
             raise
         print(f"raspi3b boot to agent ready: {time.monotonic() - t0:.0f} s")
-        host = testinfra.get_host(f"paramiko://tester@127.0.0.1:{g.ssh_port}?ssh_identity_file="
-                                  f"{d / 'id'}&stricthostkeychecking=no&timeout=60", sudo=True)
-        wait_ssh(host, 120)
+        host = ssh_host(g, d / "id", timeout=120, connect_timeout=60)
         assert host.service("mycelium-agent").is_running
         assert host.service("mycelium-agent").is_enabled
         assert host.check_output("hostname") == "p1"  # from the FAT mycelium/ folder

@@ -6,71 +6,28 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import time
 from pathlib import Path
 
 import pytest
 
-from agent.cli_node import operator_hypha
-from agent.cluster import Cluster, cluster_down, cluster_up, kill_node, restart_node, wait_ready
-from agent.identity import sign_state
-from agent.netdir import NetworkDir
-
-GOSSIP = ["--gossip-interval", "0.2"]
+from agent.authoring.identity import sign_state
+from agent.authoring.netdir import NetworkDir
+from agent.lab.cluster import Cluster, kill_node, restart_node, wait_ready
+from support.agents import (
+    GOSSIP,
+    api,
+    enrol_at,
+    post_envelope,
+    states,
+    status,
+    versions,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cluster") / "c"
-    c = cluster_up(d, 5, sclerotia=1, extra_args=GOSSIP, progress=lambda _: None)
-    yield c
-    keep_logs(c)
-    cluster_down(d)
-
-
-def keep_logs(c: Cluster) -> None:
-    """Agent logs survive teardown for post-mortems of a failed run."""
-    import shutil
-
-    out = Path("/tmp/mycelium-test-logs")
-    out.mkdir(exist_ok=True)
-    for n in c.nodes:
-        shutil.copy(n.log, out / Path(n.log).name)
-
-
-def api(c: Cluster, path: str, addr: str | None = None):
-    async def go():
-        async with operator_hypha(NetworkDir(c.network), c.addresses()) as h:
-            return await h.get(path, addr)
-
-    return asyncio.run(go())
-
-
-def post_envelope(c: Cluster, data: bytes, addr: str):
-    async def go():
-        async with operator_hypha(NetworkDir(c.network), [addr]) as h:
-            return await h.call("POST", "/api/v1/envelope", data)
-
-    return asyncio.run(go())
-
-
-def wait_for(pred, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def states(c: Cluster, addr: str) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in api(c, "/api/v1/members", addr)}
-
-
-def versions(c: Cluster) -> dict[str, int]:
-    return {n.name: api(c, "/api/v1/state", n.addr)["version"] for n in c.nodes}
+def cluster(start_cluster) -> Cluster:
+    return start_cluster(5, sclerotia=1, extra_args=GOSSIP)
 
 
 def test_all_enrolled_with_certificates_and_see_each_other(cluster: Cluster):
@@ -142,9 +99,9 @@ def test_push_command_waits_for_convergence(cluster: Cluster, capsys, monkeypatc
 
 
 def test_revoked_certificate_is_refused(cluster: Cluster, tmp_path):
-    from agent import pki
-    from agent.schema import parse_state
-    from agent.serial import dump_yaml, load_yaml
+    from agent.desired.schema import parse_state
+    from agent.trust import pki
+    from agent.trust.encoding import dump_yaml, load_yaml
 
     victim = cluster.nodes[4]
     fp = pki.fingerprint((Path(victim.data_dir) / "node.crt").read_bytes())
@@ -181,8 +138,8 @@ def test_join_command_enrols_and_bad_token_is_refused(cluster: Cluster, tmp_path
     from datetime import timedelta
 
     from agent.cli import main
-    from agent.signed import now_utc
-    from agent.tokens import create_token
+    from agent.trust.signed import now_utc
+    from agent.trust.tokens import create_token
 
     net = NetworkDir(cluster.network)
     root = net.root()
@@ -193,6 +150,11 @@ def test_join_command_enrols_and_bad_token_is_refused(cluster: Cluster, tmp_path
     out, err = capsys.readouterr()
     assert code == 0 and "enrolled x1 as rhizomorph" in out, err
     assert (tmp_path / "x" / "node.crt").exists()
+    # unbound, but single-use: a second node cannot enrol with it
+    code = main(["join", "--data-dir", str(tmp_path / "x2"), "--listen", "127.0.0.1:9",
+                 "--name", "x2", "--seed-spore", spore, "--token", token])
+    assert code == 1 and "join token already used" in capsys.readouterr().err
+    assert not (tmp_path / "x2" / "node.crt").exists()
     expired = create_token(root, net.signing_keys(root), "rhizomorph", timedelta(minutes=1),
                            now=now_utc() - timedelta(hours=1))
     code = main(["join", "--data-dir", str(tmp_path / "y"), "--listen", "127.0.0.1:9",
@@ -202,17 +164,18 @@ def test_join_command_enrols_and_bad_token_is_refused(cluster: Cluster, tmp_path
 
 
 def test_k3s_token_comes_from_sclerotia_only_over_mutual_tls(cluster: Cluster):
-    from agent.client import client_context, fetch_k3s_token
-    from agent.nodedir import NodeDir
+    from agent.client import fetch_k3s_token
+    from agent.node.datadir import NodeDir
+    from agent.tls import client_context
 
     scl = [n for n in cluster.nodes if n.role == "sclerotium"]
     # rhizomorphs the leader did not promote to dynamic sclerotia hold no Raft secret
     others = [n for n in cluster.nodes if n.role != "sclerotium"
-              and asyncio.run(_status(cluster, "/api/v1/primary", n.addr)) == 404]
+              and status(cluster, "/api/v1/primary", n.addr) == 404]
     assert scl and others
     token = api(cluster, "/api/v1/k3s-token", scl[0].addr)["token"]
     assert len(token) == 64
-    refused = asyncio.run(_status(cluster, "/api/v1/k3s-token", others[0].addr))
+    refused = status(cluster, "/api/v1/k3s-token", others[0].addr)
     assert refused == 404  # a rhizomorph holds no Raft secret
     # what a K3s agent node does: ask with its own node certificate, sclerotium last
     node = NodeDir(Path(others[0].data_dir))
@@ -226,7 +189,70 @@ def test_k3s_token_comes_from_sclerotia_only_over_mutual_tls(cluster: Cluster):
     assert asyncio.run(fetch_k3s_token([scl[0].addr], anon)) == ""
 
 
-async def _status(c: Cluster, path: str, addr: str) -> int:
-    async with operator_hypha(NetworkDir(c.network), [addr]) as h:
-        _, status, _ = await h.call("GET", path)
-        return status
+def test_token_uses_and_taken_names_at_the_enrolment_server(cluster: Cluster):
+    from datetime import timedelta
+
+    from agent.authoring.identity import make_token
+
+    net = NetworkDir(cluster.network)
+    n1 = cluster.nodes[0]
+    token = make_token(net, "rhizomorph", timedelta(minutes=5), uses=2)
+    assert enrol_at(n1.addr, token, "u1")[0] == 200
+    assert enrol_at(n1.addr, token, "u2")[0] == 200
+    status, body = enrol_at(n1.addr, token, "u3")
+    assert status == 403 and body["error"] == "join token already used"
+    # a second node asking for a name the Primary registry holds
+    fp = api(cluster, "/api/v1/node", n1.addr)["fingerprint"]
+    wait_for(lambda: "n1" in api(cluster, "/api/v1/primary", n1.addr)["members"],
+             what="n1 in the Primary registry")
+    status, body = enrol_at(n1.addr, make_token(net, "rhizomorph", timedelta(minutes=5)),
+                            "n1")
+    assert status == 409 and "cert" not in body
+    assert body["error"].startswith(f"node name n1 is already enrolled (fingerprint {fp[:16]}")
+    for bad in ("../../evil", "a;touch x;b"):
+        status, body = enrol_at(n1.addr, make_token(net, "rhizomorph", timedelta(minutes=5)),
+                                bad)
+        assert status == 400 and "not a DNS label" in body["error"] and "cert" not in body
+
+
+def test_join_tokens_never_on_agent_command_lines(cluster: Cluster):
+    """What `ps` shows every user of the machine: no agent's argv holds its token, and the
+    token file is gone once the node holds a certificate."""
+    for n in cluster.nodes:
+        argv = Path(f"/proc/{n.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv and not any(b"myc1." in a for a in argv), n.name
+        assert not any(a.startswith("myc1.") for a in n.argv), n.name
+        assert not list(Path(n.data_dir).glob("*token*")), n.name
+
+
+def test_promotion_needs_a_node_certificate_and_the_real_raft_secret(cluster: Cluster):
+    """Issue 18 item 2: the operator's client certificate cannot promote anyone, and a node
+    certificate with a made-up secret cannot start a Raft side of its own on a rhizomorph."""
+    from agent.client import PeerClient
+    from agent.node.datadir import NodeDir
+    from agent.tls import client_context
+
+    target = next(n for n in cluster.nodes if n.role != "sclerotium"
+                  and status(cluster, "/api/v1/primary", n.addr) == 404)
+    assert NodeDir(Path(target.data_dir)).read_raft_check()  # handed over at enrolment
+    net = NetworkDir(cluster.network)
+    other = NodeDir(Path(next(n for n in cluster.nodes if n is not target).data_dir))
+
+    async def post(ctx, body, what="promote"):
+        async with PeerClient(ctx) as peers:
+            r = await peers.request("POST", f"https://{target.addr}/api/v1/primary/{what}",
+                                    json_body=body)
+            return r.status, r.body
+
+    as_operator = client_context(net.operator_crt, net.operator_key, net.ca_crt)
+    as_node = client_context(other.crt, other.key, other.ca_crt)
+    forged = {"secret": "ab" * 32}
+    code, body = asyncio.run(post(as_operator, forged))
+    assert code == 403 and b"only a node certificate" in body
+    code, body = asyncio.run(post(as_node, forged))
+    assert code == 403 and b"does not verify" in body
+    code, _ = asyncio.run(post(as_operator, {"proof": "x"}, "demote"))
+    assert code == 403
+    assert status(cluster, "/api/v1/primary", target.addr) == 404  # no Raft side started
+    events = api(cluster, "/api/v1/events?n=200", target.addr)
+    assert any(e["kind"] == "refused" and "does not verify" in e["message"] for e in events)

@@ -112,7 +112,7 @@ def test_keys_rotate_then_sign_with_new_keys(net: Path, tmp_path: Path, capsys):
 
 
 def test_token_and_cert_issue(net: Path, tmp_path: Path, capsys):
-    from agent import pki
+    from agent.trust import pki
 
     code, out, _ = run(capsys, "token", "create", "--role", "rhizomorph", "--ttl", "1h",
                        "--network", str(net))
@@ -128,13 +128,27 @@ def test_token_and_cert_issue(net: Path, tmp_path: Path, capsys):
     assert info.node_name == "n1" and info.role == "rhizomorph"
 
 
+def test_token_create_uses(net: Path, capsys):
+    from agent.authoring.netdir import NetworkDir
+    from agent.trust.signed import now_utc
+    from agent.trust.tokens import verify_token
+
+    root = NetworkDir(net).root()
+    code, out, _ = run(capsys, "token", "create", "--network", str(net))
+    assert code == 0 and verify_token(out.strip(), root, now_utc()).uses == 1
+    code, out, _ = run(capsys, "token", "create", "--uses", "2", "--network", str(net))
+    assert code == 0 and verify_token(out.strip(), root, now_utc()).uses == 2
+    code, _, err = run(capsys, "token", "create", "--uses", "0", "--network", str(net))
+    assert code != 0 and "uses" in err
+
+
 def test_cert_issue_refuses_expired_token(net: Path, tmp_path: Path, capsys):
     from datetime import timedelta
 
-    from agent import pki
-    from agent.netdir import NetworkDir
-    from agent.signed import now_utc
-    from agent.tokens import create_token
+    from agent.authoring.netdir import NetworkDir
+    from agent.trust import pki
+    from agent.trust.signed import now_utc
+    from agent.trust.tokens import create_token
 
     nd = NetworkDir(net)
     root = nd.root()

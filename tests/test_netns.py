@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.cluster import BRIDGE, cluster_down, cluster_up
-from agent.identity import sign_state
-from agent.netdir import NetworkDir
-from agent.netns import ip, move_to_bridge, set_link, setup_bridge
-from test_cluster import api, post_envelope, states, versions, wait_for
+from agent.authoring.identity import sign_state
+from agent.authoring.netdir import NetworkDir
+from agent.lab.cluster import BRIDGE
+from agent.lab.netns import ip, move_to_bridge, set_link, setup_bridge
+from support.agents import GOSSIP, api, post_envelope, states, versions, wait_for
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -26,12 +26,8 @@ pytestmark = [pytest.mark.netns,
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    d = tmp_path_factory.mktemp("netns") / "c"
-    c = cluster_up(d, 5, netns=True, sclerotia=5, extra_args=["--gossip-interval", "0.2"],
-                   progress=lambda _: None)
-    yield c
-    cluster_down(d)
+def cluster(start_cluster):
+    return start_cluster(5, netns=True, sclerotia=5, extra_args=GOSSIP)
 
 
 def test_each_node_has_its_own_address(cluster):

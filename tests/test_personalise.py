@@ -122,3 +122,42 @@ def test_not_a_network_dir_names_the_fix(tmp_path, capsys):
 def test_image_or_folder_is_required(net):
     with pytest.raises(SystemExit):
         build.main(["personalise", "--network", str(net)])
+
+
+def test_image_build_checks_arguments_before_any_work(tmp_path, net):
+    """`build.py --first-node` without --listen used to fail after 38 s of bootstrap."""
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "build.py", "--board", "x86", "--network", str(net),
+                        "--first-node", "--node-name", "n1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert r.returncode == 1, r
+    err = r.stderr.strip()
+    assert err.startswith("build.py: --first-node needs --listen HOST:PORT"), err
+    assert "10.0.2.15:7946" in err and "\n" not in err, err
+    assert r.stdout == "" and not out.exists()  # no step announced, nothing written
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--first-node"], "--first-node needs --node-name and --listen HOST:PORT"),
+    (["--listen", "10.0.0.1"], "--listen '10.0.0.1': give HOST:PORT"),
+    (["--join", "host"], "--join 'host': give HOST:PORT"),
+    (["--k3s-artifact", "https://example.invalid/k3s"], "needs --k3s-sha256"),
+    (["--k3s-artifact", "missing-k3s"], "K3s artifact not found"),
+    (["--k3s-artifact", "https://example.invalid/k3s", "--k3s-sha256", "ab"],
+     "must be 64 hex digits"),
+    (["--k3s-sha256", "a" * 64], "add --k3s-artifact"),
+    (["--no-network", "--first-node"], "add --network DIR"),
+])
+def test_image_build_refuses_bad_arguments_in_one_line(tmp_path, net, capsys, monkeypatch,
+                                                       args, message):
+    import image.build
+
+    def no_work(ctx):
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(image.build, "bootstrap_rootfs", no_work)
+    monkeypatch.setattr(image.build, "fetch_artifacts", no_work)
+    argv = args[1:] if args[0] == "--no-network" else ["--network", str(net), *args]
+    assert build.main(["--board", "x86", "--out", str(tmp_path / "dist"), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err

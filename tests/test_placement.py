@@ -1,7 +1,24 @@
 from __future__ import annotations
 
-from agent.desired import DesiredState, Endomycete, Endophyte
-from agent.placement import LiveMember, place
+from dataclasses import replace
+
+from agent.desired.model import (
+    Components,
+    DesiredState,
+    Endomycete,
+    Endophyte,
+    K3sArtifact,
+    Node,
+    NodeShare,
+)
+from agent.desired.placement import (
+    LiveMember,
+    live_members,
+    place,
+    placement_notes,
+    runtime_for,
+)
+from agent.desired.plan import assumed_share, plan_node
 
 S1 = LiveMember("s1", "sclerotium", "10.0.0.1")
 R1 = LiveMember("r1", "rhizomorph", labels={"disk": "ssd"}, runtime="podman")
@@ -46,3 +63,79 @@ def test_stable_and_backup_promoted_when_primary_dies():
     assert after[backup].endophytes_primary == ("vm",)
     moved = sorted(n for n in after if after[n].endomycetes)
     assert len(moved) == 2 and set(web) - {primary} <= set(moved)
+
+
+# --- joined nodes, runtime default, what could not be placed (issue 12) ----------------
+
+NGINX3 = DesiredState("n", endomycetes=(Endomycete("nginx", "nginx", replicas=3),))
+SEEN3 = {"n1": ("sclerotium", "127.0.0.1"), "n2": ("sclerotium", "127.0.0.1"),
+         "n3": ("rhizomorph", "127.0.0.1")}
+
+
+def test_joined_nodes_not_in_nodes_list_are_placed_with_their_own_role():
+    live = live_members(NGINX3, SEEN3)  # `nodes: []`, as `cluster up` writes it
+    assert [(m.name, m.role, m.runtime) for m in live] == [
+        ("n1", "sclerotium", "podman"), ("n2", "sclerotium", "podman"),
+        ("n3", "rhizomorph", "podman")]
+    s = place(NGINX3, live)
+    assert all(s[n].endomycetes == ("nginx",) for n in SEEN3)
+    assert (s["n1"].role, s["n1"].runtime, s["n1"].runtime_reason) == \
+        ("sclerotium", "podman", "no components.k3s")
+    assert placement_notes(NGINX3, live, s) == []
+
+
+def test_a_nodes_entry_adds_labels_and_runtime_by_name_but_not_the_role():
+    state = replace(NGINX3, nodes=(Node("n2", "hypha", labels={"disk": "ssd"},
+                                        runtime="k3s"),))
+    live = {m.name: m for m in live_members(state, SEEN3)}
+    assert live["n2"] == LiveMember("n2", "sclerotium", "127.0.0.1", {"disk": "ssd"}, "k3s",
+                                    "nodes: entry")
+    assert live["n1"].labels == {} and live["n1"].runtime == "podman"
+    # a member that reports no role takes its entry's
+    assert live_members(state, {"n2": ("", "h")})[0].role == "hypha"
+
+
+def test_runtime_defaults_to_k3s_only_when_components_k3s_names_a_binary():
+    assert runtime_for(NGINX3, "x") == ("podman", "no components.k3s")
+    with_k3s = replace(NGINX3, components=Components(K3sArtifact("/k3s", "ab" * 32)))
+    assert runtime_for(with_k3s, "x") == ("k3s", "components.k3s is set")
+    assert runtime_for(replace(with_k3s, nodes=(Node("x", runtime="podman"),)), "x") == \
+        ("podman", "nodes: entry")
+    s = place(with_k3s, live_members(with_k3s, SEEN3))
+    assert s["n1"].k3s_role == "server" and s["n3"].k3s_role == "agent"
+    assert placement_notes(with_k3s, live_members(with_k3s, SEEN3), s) == []
+
+
+def notes(state: DesiredState, live: list[LiveMember]) -> list[str]:
+    return placement_notes(state, live, place(state, live))
+
+
+def test_what_cannot_be_placed_is_said_in_one_line_per_service():
+    podman1 = replace(NGINX3, nodes=(Node("n2", runtime="k3s"), Node("n3", runtime="k3s")))
+    assert notes(podman1, live_members(podman1, SEEN3)) == [
+        "nginx: 1 of 3 replicas placed: only n1 has a container runtime"]
+    alone = live_members(NGINX3, {"n1": ("sclerotium", "h")})
+    assert notes(NGINX3, alone) == ["nginx: 1 of 3 replicas placed: only n1 can run it, "
+                                    "one per node"]
+    db = DesiredState("n", endomycetes=(Endomycete("db", "pg", labels={"disk": "ssd"}),),
+                      endophytes=(Endophyte("vm", "i", backups=1, labels={"zone": "x"}),))
+    assert notes(db, live_members(db, SEEN3)) == [
+        "db: 0 of 1 replica placed: labels {disk: ssd} match no live node",
+        "vm: 0 of 2 (primary and 1 backup) placed: labels {zone: x} match no live node"]
+    assert notes(NGINX3, [H1]) == ["nginx: 0 of 3 replicas placed: no live node runs "
+                                   "services (hyphae run clients only)"]
+    k3s_only = replace(NGINX3, nodes=tuple(Node(n, runtime="k3s") for n in SEEN3))
+    assert notes(k3s_only, live_members(k3s_only, SEEN3)) == [
+        "nginx: 0 of 3 replicas placed: no live node has a container runtime (K3s nodes "
+        "need components.k3s.binary and a live sclerotium)"]
+
+
+def test_a_joined_node_has_a_plan():
+    share = assumed_share(NGINX3, "node-abc", "rhizomorph")
+    plan = plan_node(NGINX3, 1, "node-abc", share)
+    assert plan.role == "rhizomorph" and "podman" in plan.components
+    assert plan.containers is not None and set(plan.containers.manifests) == {"nginx"}
+    assert plan.share["runtime"] == "podman"
+    # a share from a placement made before shares recorded role and runtime
+    old = NodeShare("n1", endomycetes=("nginx",))
+    assert plan_node(NGINX3, 1, "n1", old).share["runtime_reason"] == "no components.k3s"

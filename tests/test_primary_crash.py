@@ -1,6 +1,7 @@
-"""Primary spore under SIGKILL: three sclerotia as separate processes (tests/primary_node.py)
-on loopback. Each round a client writes rising versions to the leader, the leader (or, in
-some rounds, every node at once) is SIGKILLed mid-write and restarted on the same data dir.
+"""Primary spore under SIGKILL: three sclerotia as separate processes
+(tests/support/primary_node.py) on loopback. Each round a client writes rising versions to
+the leader, the leader (or, in some rounds, every node at once) is SIGKILLed mid-write and
+restarted on the same data dir.
 Checked after every recovery: the held version is >= the highest acknowledged one, its sha256
 and bytes are exactly what was written for it, a member registered once at the start is still
 there, and all nodes agree. Run: .venv/bin/python -m pytest -s tests/test_primary_crash.py (~35 s).
@@ -14,157 +15,17 @@ data dirs during a kill to prove that `check` does catch a loss.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from primary_node import envelope
-
-ROOT = Path(__file__).resolve().parent.parent
-NODE = Path(__file__).with_name("primary_node.py")
-SECRET = bytes(range(32))
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Conn:
-    """One line-protocol connection to a node's control port."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.rfile = self.sock.makefile("rb")
-
-    def call(self, line: str) -> str:
-        self.sock.sendall(line.encode() + b"\n")
-        reply = self.rfile.readline()
-        if not reply:
-            raise ConnectionError("node closed the connection")
-        return reply.decode().strip()
-
-    def close(self) -> None:
-        self.rfile.close()
-        self.sock.close()
-
-
-class Node:
-    def __init__(self, addr: str, others: list[str], data_dir: Path, control: int,
-                 log: Path, conf: dict | None = None) -> None:
-        self.addr, self.others, self.data_dir = addr, others, data_dir
-        self.control, self.log, self.conf = control, log, conf or {}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(NODE), self.addr, ",".join(self.others),
-                 str(self.data_dir), SECRET.hex(), str(self.control)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, "PRIMARY_NODE_CONF": json.dumps(self.conf)})
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-
-    def reap(self) -> None:
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-
-    def read(self) -> dict | None:
-        """The node's state, or None if it is down or not answering yet."""
-        try:
-            c = Conn(self.control, timeout=2.0)
-        except OSError:
-            return None
-        try:
-            reply = c.call("read")
-        except OSError:
-            return None
-        finally:
-            c.close()
-        return json.loads(reply) if reply.startswith("{") else None
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            text = ["(no log)"]
-        return f"--- {self.addr} ({self.log}) ---\n" + "\n".join(text)
-
-
-class Cluster:
-    def __init__(self, n: int, base: Path, conf: dict | None = None) -> None:
-        base.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * n)
-        addrs = [f"127.0.0.1:{p}" for p in ports[:n]]
-        self.nodes = [Node(a, [o for o in addrs if o != a], base / f"n{i}", ports[n + i],
-                           base / f"n{i}.log", conf) for i, a in enumerate(addrs)]
-
-    def __enter__(self) -> Cluster:
-        for node in self.nodes:
-            node.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for node in self.nodes:
-            node.kill()
-        for node in self.nodes:
-            node.reap()
-
-    def tails(self) -> str:
-        return "\n".join(n.tail() for n in self.nodes)
-
-    def wait_ready(self, timeout: float = 15.0) -> tuple[Node, dict]:
-        """A leader whose own term's no-op is applied: all earlier commits are applied on it."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            best = None
-            for node in self.nodes:
-                st = node.read()
-                if st and st["ready"] and (best is None or st["term"] > best[1]["term"]):
-                    best = (node, st)
-            if best:
-                return best
-            time.sleep(0.01)
-        raise AssertionError(f"no ready leader within {timeout} s\n{self.tails()}")
-
-    def wait_agree(self, timeout: float = 15.0) -> list[dict]:
-        """Every node has applied the leader's commit index and holds the same envelope."""
-        end = time.monotonic() + timeout
-        states: list[dict | None] = []
-        while time.monotonic() < end:
-            states = [n.read() for n in self.nodes]
-            if all(states):
-                lead = [s for s in states if s["ready"]]
-                if (len(lead) == 1 and all(s["last_applied"] >= lead[0]["commit_idx"]
-                                           for s in states)
-                        and len({(s["version"], s["sha256"], tuple(s["members"]))
-                                 for s in states}) == 1):
-                    return states
-            time.sleep(0.02)
-        raise AssertionError(f"nodes did not agree within {timeout} s: {states}\n{self.tails()}")
-
+from support.primary import Conn, NodeProcess, ProcessCluster
+from support.primary_node import envelope
 
 MEMBER = "sclerotium-0"  # registered once, acknowledged, before the first kill
 
@@ -180,7 +41,7 @@ def check(leader_state: dict, max_acked: int, max_sent: int) -> None:
         assert leader_state["data_sha256"] == sha, f"bytes of version {v} changed"
 
 
-def register(cluster: Cluster) -> None:
+def register(cluster: ProcessCluster) -> None:
     leader, _ = cluster.wait_ready()
     conn = Conn(leader.control)
     try:
@@ -192,7 +53,7 @@ def register(cluster: Cluster) -> None:
 class Writer(threading.Thread):
     """Writes rising versions to one node until told to stop or its connection breaks."""
 
-    def __init__(self, node: Node, first: int) -> None:
+    def __init__(self, node: NodeProcess, first: int) -> None:
         super().__init__(daemon=True)
         self.node, self.next = node, first
         self.stop = threading.Event()
@@ -245,7 +106,7 @@ def test_no_committed_version_lost_across_sigkill(tmp_path, conf):
     recover: dict[str, list[float]] = {k: [] for k in KINDS}
     agree: list[float] = []
     r, kind, victims = -1, "start", []
-    with Cluster(3, tmp_path, conf) as cluster:
+    with ProcessCluster(3, tmp_path, conf) as cluster:
         try:
             register(cluster)
             for r in range(ROUNDS):
@@ -304,7 +165,7 @@ def test_no_committed_version_lost_across_sigkill(tmp_path, conf):
 def test_check_detects_lost_commits(tmp_path):
     """Control for the test above: when the data dirs do not survive the kill, the committed
     versions are gone and `check` must say so."""
-    with Cluster(3, tmp_path) as cluster:
+    with ProcessCluster(3, tmp_path) as cluster:
         register(cluster)
         leader, _ = cluster.wait_ready()
         w = Writer(leader, 1)

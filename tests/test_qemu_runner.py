@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cluster import pid_alive
+from agent.lab.cluster import pid_alive
 from image import qemu
 from image.errors import BuildError
 

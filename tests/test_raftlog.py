@@ -1,4 +1,4 @@
-"""Journal crash safety around log compaction (agent/raftlog.py), made deterministic: the
+"""Journal crash safety around log compaction (agent/raft/journal.py), made deterministic: the
 on-disk state a SIGKILL leaves between "full dump written" and "journal cut" is built by
 hand, then a store is started on it."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pysyncobj.journal import FileJournal
 
-import agent.primary
-from agent.primary import PrimaryStore
-from agent.raftlog import SafeFileJournal, _rewrite, align_journal
-from test_primary import SECRET, ports, wait
+import agent.raft.store
+from agent.raft.journal import SafeFileJournal, _rewrite, align_journal
+from agent.raft.store import PrimaryStore
+from support.primary import SECRET, ports, wait
 
 
 def _single(d: Path, addr: str) -> PrimaryStore:
@@ -56,7 +56,7 @@ def killed_between_dump_and_cut(tmp_path):
 def test_control_pysyncobj_alone_drops_entries_after_the_dump(killed_between_dump_and_cut,
                                                              monkeypatch, tmp_path):
     d, addr = killed_between_dump_and_cut
-    monkeypatch.setattr(agent.primary, "align_journal", lambda *_: 0)
+    monkeypatch.setattr(agent.raft.store, "align_journal", lambda *_: 0)
     s = _single(d, addr)
     try:
         assert s.version == 10, "the scenario no longer loses entries: the test means nothing"

@@ -1,10 +1,10 @@
-"""Data-driven cases for every recipe operation and fact (tests/recipes/)."""
+"""Data-driven cases for every recipe operation and fact (tests/recipe_cases/)."""
 
 from __future__ import annotations
 
 import pytest
 
-from recipe_harness import cases, load, run_fact, run_op
+from support.recipe_harness import cases, load, run_fact, run_op
 
 OPS = cases("operations")
 FACTS = cases("facts")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from agent.plan import assumed_share, plan_node
-from agent.reconcile import Reconciler
-from agent.schema import parse_state
+from agent.desired.plan import assumed_share, plan_node
+from agent.desired.schema import parse_state
+from agent.node.reconcile import Reconciler
 from recipes.params import K3sParams
-from rootfs_fixture import fresh_rootfs, wheels
+from support.rootfs import fresh_rootfs, wheels
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHuX4oXdV1z8E4Q5v8d0bYg6l4b8v3Yy6x0a9N2YkqXo op@lap"
 STATE = f"""schema: 1
@@ -140,3 +140,38 @@ def test_reconcile_loop_reports_failure_keeps_last_good_and_recovers(rootfs, sta
     assert recovered["status"] == "ok" and "failure" not in recovered
     saved = json.loads((tmp_path / "reconcile.json").read_text())
     assert saved["applied_version"] == 7 and saved["status"] == "ok"
+
+
+def test_sigkill_during_apply_next_run_completes_and_then_changes_nothing(state_file,
+                                                                          tmp_path):
+    """Issue 12 §3: an apply killed (with everything it started) while it installs the
+    agent's virtual environment leaves a half-written tree; the next run must finish the
+    job and the one after must find nothing to change."""
+    import os
+    import signal
+    import time
+
+    rootfs = fresh_rootfs(tmp_path / "root")
+    shutil.copytree(wheels(tmp_path / "w"), rootfs / "opt/mycelium/wheels")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "apply", "--state",
+                             str(state_file), "--node", "node1", "--target",
+                             f"@chroot{rootfs}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    venv = rootfs / "opt/mycelium/venv"
+    deadline = time.monotonic() + 600
+    while not (venv / "bin").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the apply ended before the venv was started: " + \
+        (proc.stdout.read() if proc.stdout else "")
+    time.sleep(0.5)  # into the package installs
+    os.killpg(proc.pid, signal.SIGKILL)
+    killed_output = proc.communicate()[0]
+    assert "changed agent | Agent virtual environment" not in killed_output  # it was cut
+    resumed = apply(rootfs, state_file)
+    print(f"\nkilled mid-venv, then:\n{resumed.stdout[-1500:]}")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "changed agent | Agent virtual environment" in resumed.stdout
+    host = testinfra.get_host(str(rootfs), connection="chroot")
+    assert host.run("/opt/mycelium/venv/bin/mycelium --help").rc == 0
+    again = apply(rootfs, state_file)
+    assert again.returncode == 0 and "nothing to change" in again.stdout, again.stdout

@@ -19,7 +19,7 @@ from image import disk
 from image.boards import get_board, rpi, x86
 from image.errors import BuildError
 from image.rootfs import RootfsSpec
-from pi_image import PI_DTBS, build_pi, fat_names, fat_text, need_arm64_cache
+from support.pi_image import PI_DTBS, build_pi, fat_names, fat_text, need_arm64_cache
 
 # -- pure logic (default run) ------------------------------------------------------------
 

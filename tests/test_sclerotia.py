@@ -1,10 +1,10 @@
-"""The leader's next Raft membership change (agent/sclerotia.py), table-driven."""
+"""The leader's next Raft membership change (agent/raft/membership.py), table-driven."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.sclerotia import Change, Peer, next_change, raft_addr
+from agent.raft.membership import Change, Peer, next_change, raft_addr
 
 L = "10.0.0.1:7948"  # the leader's Raft address
 

@@ -7,21 +7,13 @@ import shutil
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.bootstrap import add_bootstrap_address
-from agent.identity import init_network
-from agent.seed import publish, seed_app
+from agent.authoring.identity import init_network
+from agent.node.seed import publish, seed_app
+from support.seeds import seed_dir
 
 
 def test_serve_get_put(tmp_path):
-    net = init_network(tmp_path / "net", "home")
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    for f in ("roots/1.root.json", "ca.crt", "spore.json"):
-        shutil.copy(net.path / f, seed / f.split("/")[-1].replace("1.root", "root"))
-    v1 = net.spore_json.read_bytes()
-    add_bootstrap_address(net, "10.0.0.1:7946")
-    v2 = net.spore_json.read_bytes()
-    other = init_network(tmp_path / "other", "home").spore_json.read_bytes()
+    net, seed, v1, v2, other = seed_dir(tmp_path)
 
     async def go():
         async with TestClient(TestServer(seed_app(seed))) as c:
@@ -29,12 +21,12 @@ def test_serve_get_put(tmp_path):
             assert r.status == 200 and await r.read() == v1
             assert (await c.put("/spore.json", data=v2)).status == 200
             assert (await c.get("/spore.json")).status == 200
-            r = await c.put("/spore.json", data=v1)  # older: refused
-            assert r.status == 403 and "not newer" in (await r.json())["error"]
+            r = await c.put("/spore.json", data=v1)  # older: refused as stale
+            assert r.status == 409 and "not newer" in (await r.json())["error"]
             r = await c.put("/spore.json", data=other)  # another network
             assert r.status == 403
-            r = await c.put("/spore.json", data=v2[:-20])  # truncated
-            assert r.status == 403
+            r = await c.put("/spore.json", data=v2[:-20])  # truncated: malformed
+            assert r.status == 400
         assert (seed / "spore.json").read_bytes() == v2
 
     asyncio.run(go())
@@ -47,20 +39,20 @@ def test_publish_to_path(tmp_path):
 
 
 def test_leader_republishes_over_mutual_tls(tmp_path):
-    """What the Raft leader does (agent/backbone.py): sign the spore with its node key and
+    """What the Raft leader does (agent/node/backbone.py): sign the spore with its node key and
     PUT it to `seed serve --tls`, which wants a client certificate from the network CA.
     Another network's node is refused at the TLS layer."""
     import json
 
     from aiohttp import web
 
-    from agent import pki
-    from agent.bootstrap import bootstrap_first_node
-    from agent.cluster import free_port_pair
+    from agent.authoring.bootstrap import bootstrap_first_node
     from agent.errors import PeerError
-    from agent.nodedir import NodeDir
-    from agent.seed import republish, seed_server_context
-    from agent.spore import load_spore, verify_spore
+    from agent.lab.cluster import free_port_pair
+    from agent.node.datadir import NodeDir
+    from agent.node.seed import republish, seed_server_context
+    from agent.trust import pki
+    from agent.trust.spore import load_spore, verify_spore
 
     net = init_network(tmp_path / "net", "home")
     seed = tmp_path / "seed"

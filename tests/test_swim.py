@@ -7,8 +7,9 @@ import contextlib
 
 import pytest
 
-from agent.gossip import LatentSpore, MemoryNetwork, MessageError, decode
-from agent.swim import Member, Membership, outranks
+from agent.gossip.latent import LatentSpore, MessageError, decode
+from agent.gossip.memory import MemoryNetwork
+from agent.gossip.swim import Member, Membership, outranks
 
 
 @pytest.mark.parametrize("new, old, wins", [
@@ -156,3 +157,19 @@ def test_no_false_death_under_ten_percent_loss():
                         if o != n and sim.view(o, n) == "dead"]
                 assert not dead, dead
     asyncio.run(go())
+
+
+def test_rounds_on_a_monotonic_clock_show_last_seen_as_wall_time():
+    """The agent runs gossip timers on time.monotonic (a wall-clock jump must neither fire
+    nor stall a suspicion); what people see as last_seen is still wall time."""
+    import time
+
+    async def run() -> None:
+        net = MemoryNetwork(seed=3)
+        a = LatentSpore("a", "a", net.transport("a"), clock=time.monotonic, incarnation=1)
+        b = LatentSpore("b", "b", net.transport("b"), clock=time.monotonic, incarnation=1)
+        net.nodes.update(a=a, b=b)
+        assert await a.join(["b"]) == 1
+        seen = {v.name: v.last_seen for v in a.views()}
+        assert abs(seen["a"] - time.time()) < 5 and abs(seen["b"] - time.time()) < 5
+    asyncio.run(run())

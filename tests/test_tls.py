@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import pki
-from agent.client import client_context
-from agent.daemon import server_context
 from agent.errors import CertificateError
-from agent.nodedir import NodeDir
+from agent.node.daemon import server_context
+from agent.node.datadir import NodeDir
+from agent.tls import client_context
+from agent.trust import pki
 
 
 def write_node(d: Path, ca_key: bytes, ca_crt: bytes, name: str, nid: str, **kw) -> NodeDir:
@@ -127,6 +127,22 @@ def test_check_peer_verdicts(pki_dir):
         pki.check_peer(pki_dir["expired"].crt.read_bytes(), pki_dir["ca"], set())
 
 
+def test_remembered_verdicts_still_check_revocation_and_validity_every_time(pki_dir):
+    """The API checks each request's peer through PeerVerdicts: a certificate seen before
+    skips the signature check, never the revocation list or its validity window."""
+    verdicts = pki.PeerVerdicts(pki_dir["ca"])
+    good = pki_dir["good"].crt.read_bytes()
+    info = verdicts.check(good, set())
+    assert verdicts.check(good, set()) == info  # the second time from memory
+    with pytest.raises(CertificateError, match="revoked"):
+        verdicts.check(good, {info.fingerprint})
+    with pytest.raises(CertificateError, match="not valid now"):
+        verdicts.check(good, set(), now=info.not_after + timedelta(seconds=1))
+    for _ in range(2):  # a refused certificate is not remembered as good
+        with pytest.raises(CertificateError, match="not issued by"):
+            verdicts.check(pki_dir["foreign"].crt.read_bytes(), set())
+
+
 def test_csr_for_other_name_or_tampered_refused():
     ca_key, ca_crt = pki.create_ca("home", "n")
     csr = pki.make_csr(pki.new_private_key(), "alice")
@@ -145,3 +161,24 @@ def test_csr_for_other_name_or_tampered_refused():
     with pytest.raises(CertificateError):
         pki.issue_certificate(ca_key, ca_crt, bad, node_name="alice", role="hypha",
                               network_id="n")
+
+
+def test_node_refuses_to_start_on_tls_files_that_load_but_do_not_belong(pki_dir, tmp_path):
+    """A flipped byte can leave a PEM file loadable: the node must name it, not start and
+    fail every handshake in silence (seen in test_torn_files with a flipped ca.crt)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from agent.errors import ConfigError
+
+    good: NodeDir = pki_dir["good"]
+    root = SimpleNamespace(extra={"ca_sha256": pki.fingerprint(pki_dir["ca"])})
+    good.check_tls_files(root)  # the untouched node passes
+    foreign: NodeDir = pki_dir["foreign"]
+    cases = {"ca.crt": foreign.ca_crt, "node.crt": foreign.crt, "node.key": foreign.key}
+    for name, replacement in cases.items():
+        d = NodeDir(tmp_path / name)
+        shutil.copytree(good.path, d.path)
+        shutil.copyfile(replacement, d.path / name)
+        with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+            d.check_tls_files(root)

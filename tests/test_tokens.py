@@ -5,10 +5,10 @@ from datetime import timedelta
 import pytest
 
 from agent.errors import SignatureError, TokenError
-from agent.keys import SigningKey
-from agent.root import new_root
-from agent.signed import now_utc
-from agent.tokens import create_token, verify_token
+from agent.trust.keys import SigningKey
+from agent.trust.root import new_root
+from agent.trust.signed import now_utc
+from agent.trust.tokens import create_token, verify_token
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,57 @@ def test_token_by_stranger_refused(setup):
 def test_garbage_token_refused(setup, bad):
     with pytest.raises(TokenError):
         verify_token(bad, setup[0], now_utc())
+
+
+def test_token_is_single_use_by_default_and_carries_a_signed_id(setup):
+    root, root_key, _ = setup
+    one = verify_token(create_token(root, [root_key], "rhizomorph", timedelta(hours=1)), root,
+                       now_utc())
+    two = verify_token(create_token(root, [root_key], "rhizomorph", timedelta(hours=1),
+                                    uses=2), root, now_utc())
+    assert one.uses == 1 and two.uses == 2
+    assert one.id and two.id and one.id != two.id and len(one.id) >= 32
+
+
+@pytest.mark.parametrize("uses", [0, -1])
+def test_token_needs_at_least_one_use(setup, uses):
+    root, root_key, _ = setup
+    with pytest.raises(TokenError, match="uses"):
+        create_token(root, [root_key], "rhizomorph", timedelta(hours=1), uses=uses)
+
+
+@pytest.mark.parametrize("field", [None, 0])
+def test_old_tokens_without_uses_count_as_single_use(setup, field):
+    """A token signed before `uses` existed (or with 0) admits one node."""
+    import base64
+
+    from agent.trust.encoding import canonical
+    from agent.trust.signed import format_time, sign_document
+    from agent.trust.tokens import PREFIX, TOKEN_TYPE
+
+    root, root_key, _ = setup
+    signed = {"_type": TOKEN_TYPE, "network_id": root.network_id, "role": "rhizomorph",
+              "expires": format_time(now_utc() + timedelta(hours=1)), "nonce": "ab" * 8}
+    if field is not None:
+        signed["uses"] = field
+    doc = sign_document(signed, [root_key])
+    old = PREFIX + base64.urlsafe_b64encode(canonical(doc.to_dict())).decode().rstrip("=")
+    tok = verify_token(old, root, now_utc())
+    assert tok.uses == 1 and tok.id == "ab" * 8
+
+
+def test_token_uses_are_signed(setup):
+    """Raising `uses` in a token breaks its signature."""
+    import base64
+    import json
+
+    from agent.trust.tokens import PREFIX
+
+    root, root_key, _ = setup
+    t = create_token(root, [root_key], "rhizomorph", timedelta(hours=1))
+    body = t[len(PREFIX):]
+    d = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    d["signed"]["uses"] = 100
+    forged = PREFIX + base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+    with pytest.raises(SignatureError):
+        verify_token(forged, root, now_utc())

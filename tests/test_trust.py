@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 
-from agent.envelope import seal
 from agent.errors import (
     ExpiredError,
     RollbackError,
@@ -16,16 +15,17 @@ from agent.errors import (
     TrustError,
     WrongNetworkError,
 )
-from agent.keys import SigningKey
-from agent.root import new_root
-from agent.signed import SignedDocument, now_utc, sign_document
 from agent.statefile import VersionStore
-from agent.trust import (
+from agent.trust.envelope import seal
+from agent.trust.keys import SigningKey
+from agent.trust.root import new_root
+from agent.trust.rules import (
     trust_initial_root,
     verify_envelope,
     verify_root_chain,
     verify_root_update,
 )
+from agent.trust.signed import SignedDocument, now_utc, sign_document
 
 YAML = b"schema: 1\nnetwork:\n  name: home\n"
 
@@ -111,6 +111,22 @@ def test_expired_refused(root, keys):
                         now_utc())
 
 
+@pytest.mark.parametrize("hours", [-10, 10])
+def test_clock_hours_off(root, keys, hours):
+    """Issue 12 clock skew: a node whose clock is hours off. Behind: a fresh envelope is
+    still valid (no not-before check). Ahead past the expiry: refused with a message
+    naming the expiry and the node's clock, so the operator sees which is wrong."""
+    data = envelope(root, keys[:2], ttl=timedelta(hours=5))
+    skewed = now_utc() + timedelta(hours=hours)
+    if hours < 0:
+        assert verify_envelope(data, root, 0, skewed).version == 1
+        return
+    with pytest.raises(ExpiredError) as e:
+        verify_envelope(data, root, 0, skewed)
+    assert "expired at" in str(e.value)
+    assert f"clock says {skewed:%Y-%m-%d %H:%M}" in str(e.value)
+
+
 def test_duplicate_key_ids_do_not_reach_threshold(root, keys):
     data = envelope(root, keys[:1])
     dup = tamper(data, lambda o: o["signatures"].append(dict(o["signatures"][0])))
@@ -138,7 +154,7 @@ def test_truncated_envelope_refused(root, keys):
 
 def test_unknown_fields_survive_round_trip(root, keys):
     doc = SignedDocument.from_bytes(envelope(root, keys[:2]), "e", 1 << 20)
-    from agent.envelope import Envelope
+    from agent.trust.envelope import Envelope
 
     d = dict(doc.signed, future_field={"x": 1})
     assert Envelope.from_dict(d).to_dict() == d

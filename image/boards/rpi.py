@@ -12,14 +12,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from image.boards import Board
+from image.boards.base import Board
 from image.disk import assemble_mbr
 from image.errors import BuildError
-
-if TYPE_CHECKING:
-    from image.build import BuildContext
 
 BACKPORTS = "bookworm-backports"
 
@@ -39,8 +35,8 @@ class Pi(Board):
         return (f"console=tty1 console={self.serial},115200 root=LABEL=root rw rootwait "
                 "fsck.repair=yes net.ifnames=0")
 
-    def boot_files(self, ctx: BuildContext) -> dict[str, Path]:
-        fw = ctx.rootfs / "boot/firmware"
+    def boot_files(self, rootfs: Path, work: Path) -> dict[str, Path]:
+        fw = rootfs / "boot/firmware"
         if not (fw / "config.txt").exists():
             raise BuildError("raspi-firmware did not fill /boot/firmware (config.txt "
                              "missing); check the bootstrap log")
@@ -50,15 +46,15 @@ class Pi(Board):
         # The FAT is mounted over /boot/firmware on the node: copies left in the root would
         # be hidden (about 100 MB). The mount point stays; /boot keeps the kernel and initrd
         # that raspi-firmware's hook copies again on a kernel upgrade.
-        moved = ctx.work / "firmware"
+        moved = work / "firmware"
         shutil.rmtree(moved, ignore_errors=True)
         moved.mkdir(parents=True)
         for f in sorted(fw.iterdir()):
             shutil.move(f, moved / f.name)
         return {p.name: p for p in sorted(moved.iterdir())}
 
-    def assemble(self, ctx: BuildContext, boot: Path, root: Path) -> Path:
-        return assemble_mbr(ctx.image, boot, root, pad_pow2=True)
+    def assemble(self, image: Path, boot: Path, root: Path) -> Path:
+        return assemble_mbr(image, boot, root, pad_pow2=True)
 
 
 def config_entries(config_txt: str) -> dict[str, str]:

@@ -11,34 +11,30 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from image.boards import Board
+from image.boards.base import Board
 from image.disk import assemble_gpt
 from image.errors import BuildError
-
-if TYPE_CHECKING:
-    from image.build import BuildContext
 
 SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
 
 @dataclass(frozen=True)
 class X86(Board):
-    def boot_files(self, ctx: BuildContext) -> dict[str, Path]:
-        kernel, initrd = _move_kernel(ctx.rootfs / "boot", ctx.work / "esp")
-        loader = ctx.work / "loader.conf"
+    def boot_files(self, rootfs: Path, work: Path) -> dict[str, Path]:
+        kernel, initrd = _move_kernel(rootfs / "boot", work / "esp")
+        loader = work / "loader.conf"
         loader.write_text("default mycelium.conf\ntimeout 0\neditor no\n")
-        entry = ctx.work / "mycelium.conf"
+        entry = work / "mycelium.conf"
         entry.write_text("title mycelium\nlinux /vmlinuz\ninitrd /initrd.img\n"
                          "options root=LABEL=root rw console=tty1 console=ttyS0,115200 "
                          "quiet systemd.show_status=1\n")
-        return {"EFI/BOOT/BOOTX64.EFI": ctx.rootfs / SYSTEMD_BOOT,
+        return {"EFI/BOOT/BOOTX64.EFI": rootfs / SYSTEMD_BOOT,
                 "loader/loader.conf": loader, "loader/entries/mycelium.conf": entry,
                 "vmlinuz": kernel, "initrd.img": initrd}
 
-    def assemble(self, ctx: BuildContext, boot: Path, root: Path) -> Path:
-        return assemble_gpt(ctx.image, boot, root)
+    def assemble(self, image: Path, boot: Path, root: Path) -> Path:
+        return assemble_gpt(image, boot, root)
 
 
 def _move_kernel(boot: Path, esp: Path) -> tuple[Path, Path]:

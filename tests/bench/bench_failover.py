@@ -1,6 +1,6 @@
 """Primary spore failover figures (printed): time from SIGKILL of the Raft leader until a new
 leader has committed a write, for 3 and 5 sclerotia as separate processes on loopback
-(tests/primary_node.py). Target: under 1 s.
+(tests/support/primary_node.py). Target: under 1 s.
 Run: .venv/bin/python -m pytest -m bench -s tests/bench/bench_failover.py"""
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import time
 
 import pytest
 
-from test_primary_crash import Cluster, Conn, Node
+from support.primary import Conn, NodeProcess, ProcessCluster
 
 pytestmark = pytest.mark.bench
 
 REPEATS = 10
 
 
-def commit_after_kill(cluster: Cluster, leader: Node, version: int) -> tuple[float, float]:
+def commit_after_kill(cluster: ProcessCluster, leader: NodeProcess,
+                      version: int) -> tuple[float, float]:
     """Kill the leader; return (s until a survivor says it leads, s until it committed)."""
     survivors = [n for n in cluster.nodes if n is not leader]
     t0 = time.monotonic()
@@ -46,7 +47,7 @@ def test_bench_failover(tmp_path):
     print("\nsclerotia  kills  elected p50  commit p50  commit max  (s)")
     for n in (3, 5):
         elected, committed = [], []
-        with Cluster(n, tmp_path / str(n)) as cluster:
+        with ProcessCluster(n, tmp_path / str(n)) as cluster:
             try:
                 version = 1
                 for _ in range(REPEATS):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from image.qemu import Guest, accel
-from test_boot import READY, _grow, _network, _ssh_host
+from support.boot import READY, grow, make_network, ssh_host
 
 pytestmark = pytest.mark.bench
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,14 +56,14 @@ def _boot(d: Path, img: Path, key: Path) -> tuple[float, int]:
     with Guest(img, d, name="bench", memory_mb=1024) as g:
         g.wait_for(READY, timeout=600)
         ready = time.monotonic() - t0
-        host = _ssh_host(g, key, timeout=300)
+        host = ssh_host(g, key, timeout=300)
         rss = int(host.check_output("ps -o rss= -C mycelium | sort -n | tail -1") or 0)
     return ready, rss
 
 
 @pytest.mark.parametrize("board", BOARDS)
 def test_image_size_build_times_and_boot(tmp_path, board):
-    net, key = _network(tmp_path, "  - {name: n1, role: sclerotium}")
+    net, key = make_network(tmp_path, "  - {name: n1, role: sclerotium}")
     cache = tmp_path / "cache"
     cold_s, m = _build(board, tmp_path / "cold", cache)
     _print_sizes(board, m)
@@ -71,7 +71,7 @@ def test_image_size_build_times_and_boot(tmp_path, board):
                        "n1", "--first-node", "--listen", "10.0.2.15:7946")
     print(f"  build: cold {cold_s:.0f} s (empty cache), warm {warm_s:.0f} s")
     img = tmp_path / "warm/bench.img"
-    _grow(img, 512)
+    grow(img, 512)
     ready, rss = _boot(tmp_path, img, key)
     how = "KVM" if "kvm" in " ".join(accel()) else "TCG"
     print(f"  boot to agent ready ({how}): {ready:.0f} s; agent RSS {rss / 1024:.0f} MB")

@@ -11,12 +11,19 @@ import time
 
 import pytest
 
-from agent.cluster import cluster_down, cluster_up, kill_node, restart_node, wait_ready
-from agent.identity import sign_state
-from agent.netdir import NetworkDir
-from agent.sclerotia import raft_addr
-from test_backbone import NETWORK_YAML, leader_view, web_hosts
-from test_cluster import GOSSIP, api, post_envelope, wait_for
+from agent.authoring.identity import sign_state
+from agent.authoring.netdir import NetworkDir
+from agent.lab.cluster import cluster_down, cluster_up, kill_node, restart_node, wait_ready
+from agent.raft.membership import raft_addr
+from support.agents import (
+    BACKBONE_YAML,
+    GOSSIP,
+    api,
+    leader_view,
+    post_envelope,
+    wait_for,
+    web_hosts,
+)
 
 pytestmark = pytest.mark.bench
 
@@ -28,7 +35,7 @@ def test_bench_death_to_placement(tmp_path):
     c = cluster_up(d, 5, sclerotia=2, extra_args=GOSSIP, progress=lambda _: None)
     try:
         seed = tmp_path / "spore.json"
-        _, env = sign_state(NetworkDir(c.network), NETWORK_YAML.replace("SEED", str(seed))
+        _, env = sign_state(NetworkDir(c.network), BACKBONE_YAML.replace("SEED", str(seed))
                             .encode())
         assert post_envelope(c, env, c.nodes[0].addr)[1] == 200
         dead_at, placed_at = [], []

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from agent.primary import PrimarySpore
-from test_primary import leader, ports, start, stop
+from agent.raft.store import PrimarySpore
+from support.primary import leader, ports, start, stop
 
 pytestmark = pytest.mark.bench
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from agent.plan import assumed_share, plan_node
-from agent.schema import parse_state
+from agent.desired.plan import assumed_share, plan_node
+from agent.desired.schema import parse_state
 from recipes.run import run
-from rootfs_fixture import fresh_rootfs, wheels
+from support.rootfs import fresh_rootfs, wheels
 
 pytestmark = pytest.mark.bench
 STATE = b"""schema: 1

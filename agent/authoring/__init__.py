@@ -1,0 +1,1 @@
+"""The operator's side: the network directory, init/rotate/sign, the first node."""

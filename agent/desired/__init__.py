@@ -1,0 +1,1 @@
+"""The desired-state pipeline, pure: schema -> typed state -> authority -> placement -> plan."""

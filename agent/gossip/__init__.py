@@ -1,0 +1,1 @@
+"""The Latent spore: SWIM rules (pure) and the I/O shell that carries them."""

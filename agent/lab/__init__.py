@@ -1,0 +1,1 @@
+"""Throw-away local networks for demos, tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""What only a node runs: daemon, API, backbone duties, reconcile, enrolment, data dir."""

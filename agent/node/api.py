@@ -1,0 +1,212 @@
+"""The node's local HTTP API (aiohttp, mutual TLS): what the CLI, the TUI and peers read.
+
+Every route is behind the TLS layer (a client certificate from this network's CA is
+required to connect at all) and the revocation check. Bodies are read whole and capped
+by agent/serve.py; handlers never let a bad request reach the node's state.
+
+The handlers see their node only through `NodeHost`, the few things they read and ask of
+it (memberlist's Delegate): the daemon implements it, and a small fake drives the routes
+in a test.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from agent.errors import DataError, StorageError, TrustError
+from agent.gossip.member import MemberView
+from agent.node.datadir import NodeIdentity
+from agent.node.events import EventLog
+from agent.node.vm.console import SERIAL_TAIL_MAX, console, log_tail
+from agent.node.vm.spec import VmPaths
+from agent.serve import read_body, read_json, refusal
+from agent.trust.envelope import Envelope
+from agent.trust.rules import MAX_ENVELOPE_BYTES
+
+API = "/api/v1"
+
+
+class NodeHost(Protocol):
+    """What the API needs from the node it serves."""
+
+    @property
+    def identity(self) -> NodeIdentity: ...
+    @property
+    def events(self) -> EventLog: ...
+    @property
+    def held_version(self) -> int: ...
+    @property
+    def held_sha256(self) -> str: ...
+
+    def node_info(self) -> dict[str, Any]: ...
+    def members(self) -> list[MemberView]: ...
+    def envelope(self) -> bytes | None: ...
+    async def accept_envelope(self, data: bytes, source: str) -> Envelope: ...
+    def convergence(self) -> dict[str, Any]: ...
+    def share_info(self) -> dict[str, Any]: ...
+    def k3s_token_local(self) -> str | None: ...
+    def vm_status(self) -> list[dict[str, Any]]: ...
+
+    def vm_paths(self, name: str) -> VmPaths | None:
+        """Where VM `name` keeps its serial socket and log, or None if it is not here."""
+
+    def primary_view(self) -> dict[str, Any] | None:
+        """The local Raft replica's view, or None where no Raft side runs."""
+
+    async def promote(self, secret: str, by: str) -> None:
+        """Node `by` hands over the Raft secret: keep it and start the Raft side (a no-op
+        while it runs). TrustError when the secret does not verify."""
+
+    async def demote(self, proof: str, by: str) -> None:
+        """Node `by` says stop: stop the Raft side and forget its secret (a no-op while it
+        does not run). TrustError unless `by` leads our Raft view and the proof verifies."""
+
+
+def routes(agent: NodeHost) -> list[web.RouteDef]:
+    async def node(_: web.Request) -> web.Response:
+        return web.json_response(agent.node_info())
+
+    async def members(_: web.Request) -> web.Response:
+        return web.json_response([m.to_row() for m in agent.members()])
+
+    async def state(_: web.Request) -> web.Response:
+        return web.json_response({"version": agent.held_version, "sha256": agent.held_sha256})
+
+    async def get_envelope(_: web.Request) -> web.Response:
+        data = agent.envelope()
+        if data is None:
+            return web.json_response({"error": "no state accepted yet"}, status=404)
+        return web.Response(body=data, content_type="application/json")
+
+    async def post_envelope(request: web.Request) -> web.Response:
+        data = await read_body(request, MAX_ENVELOPE_BYTES)
+        try:
+            env = await agent.accept_envelope(data, source="push")
+        except DataError as e:
+            return refusal(e)
+        except StorageError as e:  # nothing was stored; the node says why in one line
+            return web.json_response({"error": str(e)}, status=507)
+        return web.json_response({"version": env.version, "node": agent.identity.name})
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(agent.convergence())
+
+    async def events(request: web.Request) -> web.Response:
+        n = min(int(request.query.get("n", "50") or 50), 200)
+        return web.json_response(agent.events.recent(n))
+
+    async def share(_: web.Request) -> web.Response:
+        return web.json_response(agent.share_info())
+
+    async def k3s_token(_: web.Request) -> web.Response:
+        token = agent.k3s_token_local()
+        if token is None:
+            return web.json_response({"error": "not a sclerotium; ask one"}, status=404)
+        return web.json_response({"token": token})
+
+    async def primary(_: web.Request) -> web.Response:
+        view = agent.primary_view()
+        if view is None:
+            return web.json_response({"error": "no Raft replica here; ask a sclerotium"},
+                                     status=404)
+        return web.json_response(view)
+
+    async def promote(request: web.Request) -> web.Response:
+        """The leader hands this rhizomorph the Raft secret: it becomes a dynamic sclerotium."""
+        try:
+            by = _node_peer(request)
+            body = await read_json(request)
+            secret = body["secret"]
+            if not (isinstance(secret, str) and len(secret) == 64 and
+                    all(c in "0123456789abcdef" for c in secret)):
+                raise ValueError("secret must be 64 hex digits")
+            await agent.promote(secret, by)
+        except TrustError as e:
+            return web.json_response({"error": str(e)}, status=403)
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"error": f"bad promote request: {e}"}, status=400)
+        return web.json_response({"ok": True})
+
+    async def demote(request: web.Request) -> web.Response:
+        if agent.identity.role == "sclerotium":
+            return web.json_response({"error": "a dedicated sclerotium is never demoted"},
+                                     status=409)
+        try:
+            by = _node_peer(request)
+            proof = (await read_json(request))["proof"]
+            if not isinstance(proof, str):
+                raise ValueError("proof must be a string")
+            await agent.demote(proof, by)
+        except TrustError as e:
+            return web.json_response({"error": str(e)}, status=403)
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"error": f"bad demote request: {e}"}, status=400)
+        return web.json_response({"ok": True})
+
+    async def vms(_: web.Request) -> web.Response:
+        return web.json_response({"node": agent.identity.name, "vms": agent.vm_status()})
+
+    def _vm(request: web.Request) -> VmPaths:
+        paths = agent.vm_paths(request.match_info["name"])
+        if paths is None:
+            error = f"no VM {request.match_info['name']} runs on {agent.identity.name}"
+            raise web.HTTPNotFound(text=json.dumps({"error": error}),
+                                   content_type="application/json")
+        return paths
+
+    async def serial(request: web.Request) -> web.Response:
+        """The last `bytes` (default 4096, at most 64 KiB) of the VM's serial log."""
+        paths = _vm(request)
+        try:
+            n = min(max(int(request.query.get("bytes", "4096")), 0), SERIAL_TAIL_MAX)
+        except ValueError:
+            return web.json_response({"error": "bytes must be an integer"}, status=400)
+        text = log_tail(paths.serial_log, n).decode(errors="replace")
+        return web.json_response({"node": agent.identity.name,
+                                  "name": request.match_info["name"], "text": text})
+
+    async def vm_console(request: web.Request) -> web.StreamResponse:
+        return await console(request, _vm(request))
+
+    return [
+        web.get(f"{API}/vms", vms),
+        web.get(f"{API}/vms/{{name}}/serial", serial),
+        web.get(f"{API}/vms/{{name}}/console", vm_console),
+        web.get(f"{API}/primary", primary),
+        web.post(f"{API}/primary/promote", promote),
+        web.post(f"{API}/primary/demote", demote),
+        web.get(f"{API}/node", node),
+        web.get(f"{API}/members", members),
+        web.get(f"{API}/state", state),
+        web.get(f"{API}/envelope", get_envelope),
+        web.post(f"{API}/envelope", post_envelope),
+        web.get(f"{API}/status", status),
+        web.get(f"{API}/events", events),
+        web.get(f"{API}/share", share),
+        web.get(f"{API}/k3s-token", k3s_token),
+    ]
+
+
+# What the node console reads on the local socket (no TLS: the socket's mode admits root
+# only): the GET routes, less the K3s token, which only nodes may fetch.
+LOCAL_ROUTES = ("/primary", "/node", "/members", "/state", "/envelope", "/status", "/events",
+                "/share")
+
+
+def local_routes(agent: NodeHost) -> list[web.RouteDef]:
+    """The read-only subset of `routes` served on the data dir's unix socket."""
+    return [r for r in routes(agent)
+            if r.method == "GET" and r.path.removeprefix(API) in LOCAL_ROUTES]
+
+
+def _node_peer(request: web.Request) -> str:
+    """The name of the node certificate behind this request (set by the revocation
+    middleware after the handshake); a client-only certificate (operator, hypha) cannot
+    take part in the backbone."""
+    peer = request.get("peer")
+    if peer is None or peer.client_only:
+        raise TrustError("only a node certificate may change the backbone")
+    return peer.node_name

@@ -1,0 +1,1 @@
+"""The Primary spore: the pysyncobj store, its crash-safe journal, membership rules, secrets."""

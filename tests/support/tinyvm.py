@@ -1,0 +1,114 @@
+"""A tiny VM for endophyte tests: the host's Debian kernel and a busybox initramfs.
+
+Boots under TCG in a few seconds. Its /init loads the e1000 NIC and ACPI power-button
+drivers from the host's modules, configures QEMU's user network (10.0.2.15), serves
+HTTP on port 80 (the page says `tiny-vm`), powers off on ACPI powerdown (busybox acpid),
+and prints `tiny-counter N` once a second on the serial port (ttyS0), N increasing.
+
+The initramfs is a newc cpio written here (no cpio or root needed), gzip-compressed, and
+built once into the cache ($MYCELIUM_CACHE/tinyvm, named by its inputs' hash).
+Needs `busybox-static` and `linux-image-amd64` (both in .ci/install --test).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = Path("/bin/busybox")
+MODULES = ("kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
+           "kernel/drivers/acpi/button.ko", "kernel/drivers/input/evdev.ko")
+COUNTER = "tiny-counter"
+PAGE = "tiny-vm\n"
+GUEST_PORT = 80
+CMDLINE = "console=ttyS0 quiet panic=-1"
+
+INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /tmp /www /etc/acpi/PWRF
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in /lib/modules/*.ko; do insmod "$m"; done
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+echo "{PAGE.strip()}" > /www/index.html
+httpd -p {GUEST_PORT} -h /www
+printf '#!/bin/sh\\npoweroff -f\\n' > /etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+sleep 1  # evdev creates /dev/input/event* for the power button
+acpid -c /etc/acpi -l /tmp/acpid.log
+n=0
+while true; do n=$((n+1)); echo "{COUNTER} $n"; sleep 1; done
+"""
+
+
+@dataclass(frozen=True)
+class TinyVM:
+    kernel: Path
+    initrd: Path
+    cmdline: str = CMDLINE
+
+
+def host_kernel() -> tuple[Path, Path] | None:
+    """The newest /boot/vmlinuz-* readable here and its modules dir, or None."""
+    for k in sorted(Path("/boot").glob("vmlinuz-*"), reverse=True):
+        mods = Path("/lib/modules") / k.name.removeprefix("vmlinuz-")
+        if os.access(k, os.R_OK) and all((mods / m).is_file() for m in MODULES):
+            return k, mods
+    return None
+
+
+def cache_root() -> Path:
+    base = os.environ.get("MYCELIUM_CACHE") or os.path.expanduser("~/.cache/mycelium")
+    return Path(base) / "tinyvm"
+
+
+def tiny_vm(cache: Path | None = None) -> TinyVM:
+    """The tiny VM's kernel and initramfs (built on first use); skips the test when the
+    host lacks the kernel, busybox-static or QEMU."""
+    found = host_kernel()
+    if found is None or not BUSYBOX.is_file() or not shutil.which("qemu-system-x86_64"):
+        pytest.skip("needs linux-image-amd64, busybox-static, qemu-system-x86: "
+                    "sh .ci/install --test")
+    kernel, mods = found
+    files = {"init": (INIT.encode(), 0o755), "bin/busybox": (BUSYBOX.read_bytes(), 0o755)}
+    for m in MODULES:
+        files[f"lib/modules/{Path(m).name}"] = ((mods / m).read_bytes(), 0o644)
+    key = hashlib.sha256(b"".join(n.encode() + hashlib.sha256(d).digest()
+                                  for n, (d, _) in sorted(files.items()))).hexdigest()[:16]
+    out = (cache or cache_root()) / key
+    initrd = out / "initrd.gz"
+    if not initrd.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        part = initrd.with_suffix(".part")
+        part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
+        part.rename(initrd)
+    return TinyVM(kernel, initrd)
+
+
+def newc(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A newc cpio archive of regular files (their parent directories added), as the
+    kernel unpacks an initramfs."""
+    dirs = sorted({str(p) for n in files for p in Path(n).parents if str(p) != "."})
+    entries = [(d, b"", 0o040755) for d in dirs]
+    entries += [(n, data, 0o100000 | mode) for n, (data, mode) in sorted(files.items())]
+    out = io.BytesIO()
+    for ino, (name, data, mode) in enumerate([*entries, ("TRAILER!!!", b"", 0)], 1):
+        raw = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + raw)
+        out.write(b"\0" * (-(110 + len(raw)) % 4))
+        out.write(data)
+        out.write(b"\0" * (-len(data) % 4))
+    return out.getvalue()
