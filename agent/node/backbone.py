@@ -111,6 +111,7 @@ class Backbone:
         self._published: tuple[Any, ...] = ()
         self._publish_at = 0.0
         self._dead_since: dict[str, float] = {}  # this leader's view: name -> first seen dead
+        self._acting_term = -1  # the last term this node acted as leader in
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -183,6 +184,10 @@ class Backbone:
         view = self.primary.read()
         self.agent.on_primary(view["placement_version"], view["placement"])
         if self.agent.may_place():  # the Raft leader, with a majority
+            term = self.primary.term()
+            if term != self._acting_term:  # one line per term: tests check one actor each
+                self._acting_term = term
+                self.agent.events.add("raft", f"acting as leader in term {term}")
             await self._lead(members)
         self.agent.refresh_meta()
 

@@ -179,6 +179,10 @@ class PrimarySpore:
     def is_leader(self) -> bool:
         return bool(self.store._isLeader()) and bool(self.store._isReady())
 
+    def term(self) -> int:
+        """The Raft term this replica is in (pysyncobj keeps it private)."""
+        return int(self.store._SyncObj__raftCurrentTerm)
+
     def has_quorum(self) -> bool:
         """A leader that reaches a majority, or a follower that reaches such a leader."""
         s = self.store
@@ -202,5 +206,5 @@ class PrimarySpore:
         return {"version": s.version, "sha256": s.sha256, "members": dict(s.members),
                 "placement_version": s.placement_version, "placement": dict(s.placement),
                 "raft_members": s.raft_members(), "dynamic": dict(s.dynamic),
-                "possibly_stale": not s._isLeader(),
+                "possibly_stale": not s._isLeader(), "term": self.term(),
                 "leader": leader.id if leader is not None else ""}
