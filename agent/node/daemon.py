@@ -294,17 +294,21 @@ class Agent:
                                                        unix_path=str(path),
                                                        unix_mode=PRIVATE_FILE))
 
+    def _gossip_pace(self) -> tuple[float, int]:
+        """(round interval, fanout): the --gossip-interval flag, else the held state's,
+        else the defaults. Applied at start and on every new state (a node that starts at
+        v0 would otherwise run the default 200 ms rounds forever)."""
+        latent = self.state.spores.latent if self.state is not None else None
+        interval = self.opts.gossip_interval or (latent.interval_ms / 1000 if latent else 0)
+        return interval or GOSSIP_INTERVAL, latent.fanout if latent else GOSSIP_FANOUT
+
     def _make_latent(self, app: web.Application) -> LatentSpore:
-        interval = self.opts.gossip_interval
-        fanout = GOSSIP_FANOUT
-        if self.state is not None:
-            interval = interval or self.state.spores.latent.interval_ms / 1000
-            fanout = self.state.spores.latent.fanout
+        interval, fanout = self._gossip_pace()
         # Peers reach us at the advertised address (identity), which may differ from the
         # bind address behind NAT or a proxy.
         latent = LatentSpore(self.identity.name, self.identity.listen,
                              HttpTransport(self.peers),
-                             interval=interval or GOSSIP_INTERVAL, fanout=fanout,
+                             interval=interval, fanout=fanout,
                              get_meta=self.meta, on_event=self._on_gossip_event,
                              on_merge=self._after_merge,
                              # timers on the monotonic clock; the incarnation from wall
@@ -364,12 +368,7 @@ class Agent:
         """Hook for the reconcile loop and gossip meta refresh."""
         self.sync_vms()
         if self.latent is not None:
-            # network.yaml's round and fanout apply from the state that names them, not
-            # only at start (a node that starts at v0 ran the default 200 ms forever)
-            if self.state is not None:
-                if self.opts.gossip_interval is None:
-                    self.latent.interval = self.state.spores.latent.interval_ms / 1000
-                self.latent.fanout = self.state.spores.latent.fanout
+            self.latent.interval, self.latent.fanout = self._gossip_pace()
             self.latent.refresh()
             asyncio.get_running_loop().create_task(self._announce())
         if self.reconciler is not None:
@@ -605,6 +604,8 @@ class Agent:
                 "started": self.started,
                 "reconcile": self.reconciler.status if self.reconciler else self.status,
                 "seed": self.seed_log.to_dict(),
+                "gossip": {"interval_s": self.latent.interval, "fanout": self.latent.fanout}
+                if self.latent else None,
                 "problem": "; ".join(self.events.problems.values())}
 
     def members(self) -> list[MemberView]:
