@@ -168,7 +168,6 @@ class Agent:
             tls.client_context(node.crt, node.key, node.ca_crt), self.check_peer_cert)
         # after the TLS contexts, which name a file that does not load at all
         node.check_tls_files(node.root())
-        node.check_ca_key()
         node.check_raft_secret()
         self.peers = PeerClient(self.peer_ssl)  # pooled; gossip shares it, revocation resets it
         self.latent: LatentSpore | None = None
