@@ -28,6 +28,7 @@ from pysyncobj.syncobj import FAIL_REASON
 
 from agent.errors import PeerError
 from agent.raft import frames
+from agent.raft.appends import skip_known
 from agent.raft.journal import align_journal
 from agent.raft.secrets import raft_password
 from agent.tuning import RAFT_ELECTION, RAFT_HEARTBEAT, RAFT_RECONNECT, RAFT_TICK
@@ -86,6 +87,20 @@ class PrimaryStore(SyncObj):
         if now - self._swept >= 1.0:  # strangers on the Raft port meet their deadline
             self._swept = now
             frames.sweep(self._poller)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        """pysyncobj's handler, after `skip_known` dropped what this log already holds
+        from an AppendEntries (agent/raft/appends.py says why)."""
+        if isinstance(message, dict) and message.get("type") == "append_entries" \
+                and "prevLogIdx" in message and message.get("transmission") is None:
+            ours = self._SyncObj__getEntries(message["prevLogIdx"])
+            if ours and ours[0][2] == message["prevLogTerm"]:
+                fixed = skip_known(message["prevLogIdx"], message.get("entries", []), ours,
+                                   self._SyncObj__raftCommitIndex)
+                if fixed is not None:
+                    message = {**message, "prevLogIdx": fixed[0], "prevLogTerm": fixed[1],
+                               "entries": fixed[2]}
+        super()._SyncObj__onMessageReceived(node, message)
 
     @replicated
     def put_envelope(self, version: int, sha256: str, data: bytes) -> bool:
