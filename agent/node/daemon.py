@@ -489,6 +489,9 @@ class Agent:
             primary = gossip_primary(members, self.primary_members)
         return decide(primary, self.seed_view, latent_view(members), self.held.placement_version)
 
+    def gossip_interval(self) -> float:
+        return self.latent.interval if self.latent else self._gossip_pace()[0]
+
     def may_place(self) -> bool:
         return self.decision().may_place
 

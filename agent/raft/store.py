@@ -81,6 +81,18 @@ class PrimaryStore(SyncObj):
         for f in data_dir.glob("raft.*"):
             os.chmod(f, 0o600)
 
+    def set_pace(self, heartbeat: float, election: tuple[float, float]) -> None:
+        """Raft's timers after start (agent/tuning.py `raft_pace`); pysyncobj reads them
+        from its config at every use. The leader's fallback and our lease follow the
+        shortest election timeout."""
+        conf = self._SyncObj__conf
+        conf.appendEntriesPeriod = heartbeat
+        conf.raftMinTimeout, conf.raftMaxTimeout = election
+        conf.leaderFallbackTimeout = election[0]
+
+    def election_timeout(self) -> float:
+        return float(self._SyncObj__conf.raftMinTimeout)
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's
         super()._onTick(timeToWait)
         now = time.monotonic()
@@ -207,7 +219,7 @@ class PrimarySpore:
             # it leads until its Raft thread reads the newer term; it must not place or
             # publish meanwhile (issue 12 §3).
             heard = s._SyncObj__lastResponseTime  # pysyncobj keeps it private
-            since = time.monotonic() - RAFT_ELECTION[0]
+            since = time.monotonic() - s.election_timeout()
             fresh = sum(1 for n in s.otherNodes
                         if s.isNodeConnected(n) and heard.get(n, 0.0) > since)
             return 1 + fresh > (len(s.otherNodes) + 1) / 2
@@ -222,4 +234,5 @@ class PrimarySpore:
                 "placement_version": s.placement_version, "placement": dict(s.placement),
                 "raft_members": s.raft_members(), "dynamic": dict(s.dynamic),
                 "possibly_stale": not s._isLeader(), "term": self.term(),
+                "election_timeout": s.election_timeout(),
                 "leader": leader.id if leader is not None else ""}
