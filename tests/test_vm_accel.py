@@ -94,6 +94,7 @@ def test_the_verdict_is_cached_per_run_and_on_disk(host, monkeypatch, tmp_path):
 
     async def fake_probe(q, *_a, **_k):
         probes.append(q)
+        await asyncio.sleep(0.05)  # as a probe does: others may start meanwhile
         return Verdict("tcg", "KVM probe: no marker")
 
     monkeypatch.setattr(accel, "probe_kvm", fake_probe)
@@ -106,10 +107,16 @@ def test_the_verdict_is_cached_per_run_and_on_disk(host, monkeypatch, tmp_path):
     v = asyncio.run(accel.choose_verdict(qemu, cache))
     assert probes == [qemu] and v == Verdict("tcg", "KVM probe: no marker (cached in "
                                                     "vm-accel.json)")
+    monkeypatch.setattr(accel, "_answer", {})  # VMs starting together: one probe
+
+    async def together():
+        return await asyncio.gather(*(accel.choose_verdict(qemu) for _ in range(3)))
+
+    assert len(set(asyncio.run(together()))) == 1 and probes == [qemu, qemu]
     cache.write_text("{not json")  # a torn cache is probed again, not trusted
     monkeypatch.setattr(accel, "_answer", {})
     asyncio.run(accel.choose_verdict(qemu, cache))
-    assert probes == [qemu, qemu]
+    assert probes == [qemu, qemu, qemu]
     monkeypatch.setenv(accel.ACCEL_ENV, "kvm")  # the environment still wins
     assert asyncio.run(accel.choose_verdict(qemu, cache)) == Verdict(
         "kvm", "MYCELIUM_VM_ACCEL=kvm")
@@ -120,6 +127,7 @@ def test_vm_status_says_why_that_accelerator(tmp_path, monkeypatch):
     why = "KVM probe: a KVM guest booting vmlinuz-6.1 printed no marker within 10 s"
     monkeypatch.setattr(accel, "_answer", {"qemu-system-x86_64": Verdict("tcg", why)})
     rt = VmRuntime(tmp_path)
+    assert rt.accel.keywords == {"cache": tmp_path / "vm-accel.json"}  # kept per data dir
     sup = VmSupervisor(VmSpec("db"), rt.paths("db"), rt.cache)
     sup.accel = "tcg"  # as after a start
     rt.vms = {"db": sup}

@@ -43,6 +43,7 @@ class Verdict:
 
 
 _answer: dict[str, Verdict] = {}  # by QEMU binary, for this agent run
+_probing: dict[str, asyncio.Task[Verdict]] = {}  # VMs starting together share one probe
 
 
 def host_kernel(boot: Path = Path("/boot")) -> Path | None:
@@ -152,17 +153,26 @@ def forced() -> Verdict | None:
 
 async def choose_verdict(qemu: str = "qemu-system-x86_64",
                          cache: Path | None = None) -> Verdict:
-    """MYCELIUM_VM_ACCEL when set, else the verdict of this run, of the cache, or a probe."""
+    """MYCELIUM_VM_ACCEL when set, else the verdict of this run, of the cache, or a probe
+    (one at a time: VMs that start together wait for the same one)."""
     if (f := forced()) is not None:
         return f
     if qemu not in _answer:
-        key = _cache_key(qemu)
-        v = _cached(cache, key)
-        if v is None:
-            v = await probe_kvm(qemu)
-            _store(cache, key, v)
-        _answer[qemu] = v
+        task = _probing.get(qemu)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = _probing[qemu] = asyncio.create_task(_decide(qemu, cache))
+        _answer[qemu] = await asyncio.shield(task)
+        _probing.pop(qemu, None)
     return _answer[qemu]
+
+
+async def _decide(qemu: str, cache: Path | None) -> Verdict:
+    key = _cache_key(qemu)
+    v = _cached(cache, key)
+    if v is None:
+        v = await probe_kvm(qemu)
+        _store(cache, key, v)
+    return v
 
 
 async def choose_accel(qemu: str = "qemu-system-x86_64", cache: Path | None = None) -> str:
