@@ -128,6 +128,7 @@ class VmRow:
     memory_mb: int = 0
     ports: tuple[str, ...] = ()
     boot: str = ""
+    accel_reason: str = ""  # why that accelerator (the KVM probe's verdict)
 
     @classmethod
     def from_api(cls, node: str, v: Mapping[str, Any]) -> VmRow:
@@ -138,7 +139,8 @@ class VmRow:
                    uptime_s=float(up) if isinstance(up, int | float) else None,
                    restarts=_int(v.get("restarts")), cpus=_int(v.get("cpus")),
                    memory_mb=_int(v.get("memory_mb")), ports=_names(v.get("ports")),
-                   boot=str(v.get("boot") or ""))
+                   boot=str(v.get("boot") or ""),
+                   accel_reason=str(v.get("accel_reason") or ""))
 
 
 def vm_rows(replies: Iterable[Mapping[str, Any]]) -> list[VmRow]:
@@ -176,6 +178,8 @@ def vm_status_lines(rows: Sequence[VmRow], name: str) -> list[str]:
                   f"  accel {v.accel or '-'}, QMP {v.qmp or '-'}, up {duration_cell(v.uptime_s)}"
                   f", {v.restarts} restarts, {v.cpus} CPUs, {v.memory_mb} MiB",
                   f"  ports {', '.join(v.ports) or '-'}"]
+        if v.accel_reason:
+            lines.append(f"  accel {v.accel}: {v.accel_reason}")
         if v.boot == "cold":
             lines.append("  boot: cold (from its image) - on a move its memory and disk "
                          "state stay behind until replication (issue 15)")

@@ -14,10 +14,12 @@ stopping; its VMs would be orphans otherwise).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.node.vm.accel import accel_reason, choose_accel
 from agent.node.vm.policy import DEFAULT_POLICY, Policy
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor
@@ -31,6 +33,7 @@ class VmRuntime:
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.root = data_dir / "vms"
         self.cache = data_dir / "vm-images"
+        self.accel = functools.partial(choose_accel, cache=data_dir / "vm-accel.json")
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self.on_change = on_change
         self.vms: dict[str, VmSupervisor] = {}
@@ -58,7 +61,7 @@ class VmRuntime:
             if name not in self.vms:
                 sup = VmSupervisor(spec, self.paths(name), self.cache, policy=self.policy,
                                    stop_deadline=self.stop_deadline, qemu=self.qemu,
-                                   on_change=self.on_change)
+                                   accel=self.accel, on_change=self.on_change)
                 self.vms[name] = sup
                 sup.start(after=self._stopping.get(name))
 
@@ -79,7 +82,8 @@ class VmRuntime:
 
     def status(self) -> list[dict[str, Any]]:
         """One record per VM supervised here, by name (those still stopping included)."""
-        out = {n: sup.status() for n, sup in self.vms.items()}
+        out = {n: {**sup.status(), "accel_reason": accel_reason(self.qemu) if sup.accel
+                   else ""} for n, sup in self.vms.items()}
         for n in self._stopping:
             out.setdefault(n, {"name": n, "state": "stopping", "reason": "moved or deleted"})
         return [out[n] for n in sorted(out)]
