@@ -1,0 +1,221 @@
+"""VM memory replication, pure parts as tables: migration streams as images, checkpoint
+frames and diffs, the backup's acceptance rules, throttle curves and the buffer policy."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.desired.model import Throttle
+from agent.desired.throttle import level, next_step, qemu_percent
+from agent.node.vm.checkpoint import (
+    FrameError,
+    Held,
+    accept,
+    changed_runs,
+    decode,
+    encode,
+)
+from agent.node.vm.stream import (
+    BE32,
+    BE64,
+    END,
+    F_CONTINUE,
+    F_EOS,
+    F_MEM_SIZE,
+    F_PAGE,
+    F_ZERO,
+    FOOTER,
+    MAGIC,
+    PAGE,
+    PART,
+    Block,
+    Snapshot,
+    StreamError,
+    parse,
+    to_stream,
+)
+
+P = PAGE
+
+
+def prefix(blocks: list[tuple[str, int]], section: int = 2) -> bytes:
+    """Header, configuration and the RAM setup section, as QEMU 7.2 writes them."""
+    out = MAGIC + b"\x07" + BE32.pack(13) + b"pc-i440fx-7.2"
+    out += b"\x01" + BE32.pack(section) + b"\x03ram" + BE32.pack(0) + BE32.pack(4)
+    out += BE64.pack(sum(s for _, s in blocks) | F_MEM_SIZE)
+    for name, size in blocks:
+        out += bytes([len(name)]) + name.encode() + BE64.pack(size)
+    return out + BE64.pack(F_EOS) + bytes([FOOTER]) + BE32.pack(section)
+
+
+def snap(pages: dict[int, int], npages: int = 8, tail: bytes = b"\x04devices\x00") -> Snapshot:
+    """A one-block snapshot whose page i is filled with byte pages[i] (others zero)."""
+    img = bytearray(npages * P)
+    for i, v in pages.items():
+        img[i * P:(i + 1) * P] = bytes([v]) * P
+    return Snapshot(prefix([("pc.ram", npages * P)]), (Block("pc.ram", 0, npages * P),), 2,
+                    img, tail)
+
+
+# --- migration streams ----------------------------------------------------------------------
+
+def test_stream_round_trip_keeps_image_and_device_state():
+    s = snap({0: 1, 3: 7, 7: 255})
+    again = parse(to_stream(s))
+    assert again.image == s.image and again.tail == s.tail and again.prefix == s.prefix
+    assert again.blocks == s.blocks
+
+
+def test_stream_in_fault_order_with_continue_across_sections():
+    """Background snapshots send pages out of order; a section may continue the previous
+    section's block without naming it."""
+    sec = BE32.pack(2)
+    data = prefix([("pc.ram", 4 * P), ("pc.bios", 2 * P)])
+    data += bytes([PART]) + sec + BE64.pack(3 * P | F_PAGE) + b"\x06pc.ram" + b"\x05" * P
+    data += BE64.pack(F_EOS) + bytes([FOOTER]) + sec
+    data += bytes([PART]) + sec + BE64.pack(1 * P | F_PAGE | F_CONTINUE) + b"\x09" * P
+    data += BE64.pack(0 | F_ZERO) + b"\x07pc.bios" + b"\0"
+    data += BE64.pack(P | F_PAGE | F_CONTINUE) + b"\x02" * P
+    data += BE64.pack(F_EOS) + bytes([FOOTER]) + sec
+    data += bytes([END]) + sec + BE64.pack(F_EOS) + bytes([FOOTER]) + sec + b"\x00TAIL"
+    s = parse(data)
+    assert s.tail == b"\x00TAIL" and s.size == 6 * P
+    assert s.image[3 * P] == 5 and s.image[P] == 9 and s.image[5 * P] == 2
+    assert s.image[0] == 0 and s.image[4 * P] == 0
+
+
+@pytest.mark.parametrize("mangle, why", [
+    (lambda d: d[:-(P // 2)], "truncated"),
+    (lambda d: b"XEVM" + d[4:], "no QEVM"),
+    (lambda d: d.replace(b"\x06pc.ram\x00", b"\x06pc.rom\x00", 1)[:len(d)], "unknown RAM"),
+])
+def test_stream_refused(mangle, why):
+    data = to_stream(snap({1: 1}))
+    body = data[len(prefix([("pc.ram", 8 * P)])):]
+    if why == "unknown RAM":  # rename the block in the page records only
+        data = prefix([("pc.ram", 8 * P)]) + body.replace(b"\x06pc.ram", b"\x06pc.rom", 1)
+    else:
+        data = mangle(data)
+    with pytest.raises(StreamError, match=why):
+        parse(data)
+
+
+def test_stream_with_compressed_pages_refused():
+    data = prefix([("pc.ram", P)]) + bytes([PART]) + BE32.pack(2) + BE64.pack(0x100)
+    with pytest.raises(StreamError, match="not supported"):
+        parse(data)
+
+
+# --- diffs and frames -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("old, new, runs", [
+    ({}, {}, []),  # nothing changed
+    (None, {0: 1, 1: 1, 5: 2}, [(0, 2 * P), (5 * P, P)]),  # full: every non-zero page
+    ({0: 1, 1: 1}, {0: 1, 1: 1}, []),
+    ({0: 1}, {0: 2, 2: 3}, [(0, P), (2 * P, P)]),
+    ({}, {i: 1 for i in range(8)}, [(0, 3 * P), (3 * P, 3 * P), (6 * P, 2 * P)]),  # run cap 3
+    ({3: 1}, {}, [(3 * P, P)]),  # a page zeroed is a change too
+])
+def test_changed_runs(old, new, runs):
+    o = None if old is None else snap(old).image
+    assert changed_runs(o, snap(new).image, run_pages=3) == runs
+
+
+def test_incremental_frame_carries_only_dirtied_pages():
+    rnd = random.Random(15)
+    a = snap({}, npages=256)
+    a.image[:100 * P] = rnd.randbytes(100 * P)  # incompressible, like a busy guest
+    b = Snapshot(a.prefix, a.blocks, a.ram_section, bytearray(a.image), a.tail)
+    b.image[P:2 * P] = rnd.randbytes(P)
+    b.image[200 * P:201 * P] = bytes([3]) * P
+    full, inc = encode("db", "c1", 1, 0, a, None), encode("db", "c1", 2, 1, b, a.image)
+    assert len(full) > 100 * P and len(inc) < 2 * P + 1000  # scales with what changed
+    assert decode(inc).header.runs == 2
+    image = bytearray(a.size)
+    decode(full).apply(image)
+    assert image == a.image
+    decode(inc).apply(image)
+    assert image == b.image
+
+
+HELD = Held("c1", 4, 8 * P)
+
+
+def frame(**kw) -> bytes:
+    d = dict(vm="db", chain="c1", seq=5, base=4, snap=snap({1: 1}), previous=bytes(8 * P))
+    d.update(kw)
+    return encode(d["vm"], d["chain"], d["seq"], d["base"], d["snap"], d["previous"])
+
+
+def flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+
+
+@pytest.mark.parametrize("data, held, why", [
+    (frame(), HELD, None),  # the next in the chain
+    (frame(seq=9, base=0, previous=None), HELD, None),  # a full one, whatever is held
+    (frame(seq=1, base=0, previous=None), None, None),  # the first one
+    (frame()[:-10], HELD, "sha256 mismatch"),  # truncated in the body
+    (frame()[:30], HELD, "truncated"),  # truncated in the header
+    (flip(frame(), len(frame()) - 5), HELD, "sha256 mismatch"),  # a bit flipped in a page
+    (flip(frame(), 40), HELD, "garbled|sha256"),  # a bit flipped in the header
+    (frame(vm="other"), HELD, "of VM 'other'"),  # another VM's
+    (frame(chain="c0"), HELD, "another chain"),  # an older primary's
+    (frame(seq=6, base=5), HELD, "5 on base|6 on base"),  # one was missed
+    (frame(seq=7, base=4), HELD, "7 on base 4"),  # not base + 1
+    (frame(), None, "nothing held"),  # a backup that lost its state
+    (frame(snap=snap({1: 1}, npages=4), previous=bytes(4 * P)), HELD, "bytes"),  # resized
+    (b"GET / HTTP/1.1\r\n", HELD, "not a checkpoint"),
+    (frame() + b"extra", HELD, "sha256 mismatch"),
+])
+def test_backup_acceptance(data, held, why):
+    if why is None:
+        ck = accept(data, "db", held)
+        assert ck.header.vm == "db"
+    else:
+        with pytest.raises(FrameError, match=why):
+            accept(data, "db", held)
+
+
+# --- throttling -----------------------------------------------------------------------------
+
+LIN = Throttle("linear", 0.5)
+EXP = Throttle("exponential", 0.5)
+CUSTOM = Throttle("custom", 0.0, ((0.2, 0.0), (0.6, 0.5), (0.9, 1.0)))
+
+
+@pytest.mark.parametrize("t, fill, want", [
+    (LIN, 0.0, 0.0), (LIN, 0.5, 0.0), (LIN, 0.75, 0.5), (LIN, 1.0, 1.0), (LIN, 1.5, 1.0),
+    (EXP, 0.5, 0.0), (EXP, 0.75, (2 ** 2.5 - 1) / 31), (EXP, 1.0, 1.0),
+    (CUSTOM, 0.1, 0.0), (CUSTOM, 0.4, 0.25), (CUSTOM, 0.6, 0.5), (CUSTOM, 0.75, 0.75),
+    (CUSTOM, 1.0, 1.0),
+    (Throttle("custom", 0.0, ()), 0.9, 0.0),  # no points: never throttled
+    (Throttle("linear", 1.0), 1.0, 0.0),  # threshold at the top: only the full buffer acts
+])
+def test_throttle_curves(t, fill, want):
+    assert level(t, fill) == pytest.approx(want)
+
+
+def test_exponential_is_gentler_than_linear_until_full():
+    for fill in (0.6, 0.7, 0.8, 0.9):
+        assert level(EXP, fill) < level(LIN, fill)
+
+
+@pytest.mark.parametrize("lvl, pct", [(0.0, 0), (0.5, 50), (1.0, 99), (2.0, 99)])
+def test_qemu_percent(lvl, pct):
+    assert qemu_percent(lvl) == pct
+
+
+@pytest.mark.parametrize("t, buffered, incoming, action, full, throttle", [
+    (LIN, 0, 10, "send", False, 0.0),  # empty buffer
+    (LIN, 60, 15, "send", False, 0.5),  # past the threshold: throttled
+    (LIN, 90, 10, "send", False, 1.0),  # exactly full still fits
+    (LIN, 95, 10, "pause", False, 1.0),  # over: emergency pause (the default)
+    (Throttle("linear", 0.5, emergency_pause=False), 95, 10, "drop_oldest", True, 1.0),
+])
+def test_buffer_policy(t, buffered, incoming, action, full, throttle):
+    step = next_step(t, buffered, 100, incoming)
+    assert (step.action, step.send_full) == (action, full)
+    assert step.throttle == pytest.approx(throttle)
