@@ -4,7 +4,7 @@ rules for taking one (pure: bytes and images in, verdicts out; no files, no sock
 A frame is `MAGIC`, a 4-byte header length, a JSON header, then the body:
   header  vm, chain (random per primary run), seq, base (0 = full), size (image bytes),
           prefix/tail lengths, runs, sha256
-  body    the stream prefix, the stream tail (device state), then runs of changed pages:
+  body    the stream prefix, zlib(stream tail: device state), then runs of changed pages:
           8-byte offset, 4-byte length of the zlib data, zlib(pages)
 `sha256` covers the header without it and the whole body, so one flipped bit anywhere is
 caught. A full checkpoint (base 0) carries every non-zero page (its diff against an empty
@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent.node.vm.stream import PAGE, Snapshot
+from agent.node.vm.stream import PAGE, Snapshot, StreamError, parse_prefix
 
 MAGIC = b"MYCKPT1\n"
 HEADER_MAX = 4096
@@ -106,18 +106,21 @@ def changed_runs(old: bytes | bytearray | memoryview | None,
 
 
 def encode(vm: str, chain: str, seq: int, base: int, snap: Snapshot,
-           previous: bytes | bytearray | None) -> bytes:
+           previous: bytes | bytearray | None,
+           runs: list[tuple[int, int]] | None = None) -> bytes:
     """The frame for `snap`: against `previous` (the image of checkpoint `base`), or
-    full when `previous` is None (then base must be 0)."""
+    full when `previous` is None (then base must be 0). `runs`: changed_runs(previous,
+    snap.image) when the caller has it already."""
     if (previous is None) != (base == 0):
         raise ValueError("a full checkpoint has base 0, an incremental one a previous image")
     img = memoryview(snap.image)
-    body = [snap.prefix, snap.tail]
-    runs = changed_runs(previous, snap.image)
+    body = [snap.prefix, zlib.compress(snap.tail, LEVEL)]
+    if runs is None:
+        runs = changed_runs(previous, snap.image)
     for off, length in runs:
         z = zlib.compress(img[off:off + length], LEVEL)
         body += [REC.pack(off, len(z)), z]
-    h = Header(vm, chain, seq, base, snap.size, len(snap.prefix), len(snap.tail), len(runs))
+    h = Header(vm, chain, seq, base, snap.size, len(body[0]), len(body[1]), len(runs))
     digest = hashlib.sha256(h.canonical())
     for part in body:
         digest.update(part)
@@ -177,7 +180,16 @@ def decode(frame: bytes) -> Checkpoint:
     if h.prefix + h.tail > len(body):
         raise FrameError("truncated: stream prefix or tail missing")
     prefix = body[:h.prefix].tobytes()
-    tail = body[h.prefix:h.prefix + h.tail].tobytes()
+    try:
+        tail = zlib.decompress(body[h.prefix:h.prefix + h.tail])
+    except zlib.error as e:
+        raise FrameError(f"device state: {e}") from e
+    try:
+        blocks, _ = parse_prefix(prefix)
+    except StreamError as e:
+        raise FrameError(f"stream prefix: {e}") from e
+    if sum(b.size for b in blocks) != h.size:
+        raise FrameError(f"stream prefix declares other RAM than the {h.size}-byte image")
     runs = tuple(_records(body, h.prefix + h.tail, h.runs, h.size))
     for off, z in runs:
         try:

@@ -7,6 +7,14 @@ a move back finds them, and issue 15 will ship them). A VM whose spec changed is
 and started again with the new one, never both at once. A failed VM stays failed (with
 its reason) until its spec changes or it leaves this node and comes back.
 
+VM memory replication (README "VM memory replication"): a VM placed here with an
+interval in `replicate` gets a Replicator that ships checkpoints to `targets(name)`; a VM
+in `backups` gets a ReplicaStore that takes them (`offer`). When a VM this node backed up
+is placed here, its QEMU resumes from the store's last good checkpoint instead of booting
+cold: from the store kept in memory while it was a backup, or from disk after a restart
+when the checkpoint is under RESUME_MAX_AGE_S old (an older one is not the VM's memory
+any more, someone else ran it since).
+
 The runtime is an async context manager: leaving it stops every VM (the agent is
 stopping; its VMs would be orphans otherwise).
 """
@@ -14,22 +22,37 @@ stopping; its VMs would be orphans otherwise).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.node.vm.checkpoint import Held
 from agent.node.vm.policy import DEFAULT_POLICY, Policy
+from agent.node.vm.replica import ReplicaStore
+from agent.node.vm.replicator import Replicator, Send
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor
 
 SUMMARY_MAX = 16  # VMs named in the gossip meta
+RESUME_MAX_AGE_S = 600.0  # a checkpoint on disk older than this is not resumed from
+
+
+async def _no_send(addr: str, frame: bytes) -> int:
+    return 0
 
 
 class VmRuntime:
     def __init__(self, data_dir: Path, *, policy: Policy = DEFAULT_POLICY,
                  stop_deadline: float = STOP_DEADLINE_S, qemu: str = "qemu-system-x86_64",
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 send: Send = _no_send,
+                 targets: Callable[[str], list[str]] = lambda _: []) -> None:
         self.root = data_dir / "vms"
+        self.replica_root = data_dir / "vm-replicas"
+        self.send, self.targets = send, targets
+        self.replicas: dict[str, ReplicaStore] = {}
+        self.replicators: dict[str, Replicator] = {}
         self.cache = data_dir / "vm-images"
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self.on_change = on_change
@@ -48,9 +71,13 @@ class VmRuntime:
     def paths(self, name: str) -> VmPaths:
         return VmPaths(self.root / name)
 
-    def apply(self, wanted: dict[str, VmSpec]) -> None:
+    def apply(self, wanted: dict[str, VmSpec], backups: frozenset[str] = frozenset(),
+              replicate: dict[str, float] | None = None) -> None:
+        """`wanted`: VMs to run here; `backups`: VMs whose checkpoints this node takes;
+        `replicate`: name -> checkpoint interval (s) of the wanted VMs that have backups."""
         if self._closed:
             return
+        replicate = replicate or {}
         for name in [n for n, sup in self.vms.items()
                      if n not in wanted or sup.spec != wanted[n]]:
             self._stop(name)
@@ -58,11 +85,54 @@ class VmRuntime:
             if name not in self.vms:
                 sup = VmSupervisor(spec, self.paths(name), self.cache, policy=self.policy,
                                    stop_deadline=self.stop_deadline, qemu=self.qemu,
-                                   on_change=self.on_change)
+                                   on_change=self.on_change,
+                                   resume=self._resumer(name, self.replicas.get(name)))
                 self.vms[name] = sup
                 sup.start(after=self._stopping.get(name))
+            self._replicate(name, replicate.get(name))
+        for name in set(self.replicas) - backups:
+            del self.replicas[name]  # its files stay: a move here resumes from them
+        for name in backups - set(self.replicas) - set(wanted):
+            self.replicas[name] = ReplicaStore(self.replica_root, name)
+
+    def _resumer(self, name: str, store: ReplicaStore | None) -> Callable[[Path], int | None]:
+        def resume(path: Path) -> int | None:
+            s = store
+            if s is None and (self.replica_root / name).is_dir():
+                s = ReplicaStore(self.replica_root, name)
+                if s.taken_at is None or time.time() - s.taken_at > RESUME_MAX_AGE_S:
+                    return None
+            return None if s is None else s.resume_stream(path)
+        return resume
+
+    def _replicate(self, name: str, interval: float | None) -> None:
+        """Start or stop the Replicator of VM `name` (None: it has no backups)."""
+        rep = self.replicators.get(name)
+        if rep is not None and (interval is None or rep.interval != interval):
+            self._end_replication(name)
+            rep = None
+        if rep is None and interval is not None:
+            sup = self.vms[name]
+            rep = Replicator(name, interval, sup.paths.dir, lambda: sup.qmp,
+                             lambda: self.targets(name), self.send)
+            self.replicators[name] = rep
+            rep.start()
+
+    def _end_replication(self, name: str) -> None:
+        rep = self.replicators.pop(name, None)
+        if rep is not None:
+            rep.stop()
+
+    def offer(self, name: str, frame: bytes) -> Held:
+        """A checkpoint of VM `name` from its primary: LookupError if this node is not
+        its backup, FrameError if the frame is refused (the last good one is kept)."""
+        store = self.replicas.get(name)
+        if store is None:
+            raise LookupError(f"this node is not a backup of VM {name}")
+        return store.offer(frame)
 
     def _stop(self, name: str) -> None:
+        self._end_replication(name)
         sup = self.vms.pop(name)
         before = self._stopping.get(name)
 
@@ -80,9 +150,16 @@ class VmRuntime:
     def status(self) -> list[dict[str, Any]]:
         """One record per VM supervised here, by name (those still stopping included)."""
         out = {n: sup.status() for n, sup in self.vms.items()}
+        for n, rep in self.replicators.items():
+            if n in out:
+                out[n]["replication"] = rep.status()
         for n in self._stopping:
             out.setdefault(n, {"name": n, "state": "stopping", "reason": "moved or deleted"})
         return [out[n] for n in sorted(out)]
+
+    def backup_status(self) -> list[dict[str, Any]]:
+        """The checkpoints this node holds as a backup, one record per VM."""
+        return [self.replicas[n].status() for n in sorted(self.replicas)]
 
     def summary(self) -> dict[str, str]:
         """name -> state, small enough for every gossip message: past SUMMARY_MAX VMs,

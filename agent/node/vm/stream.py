@@ -133,11 +133,8 @@ def _pages(r: _Reader, by_name: dict[str, Block], image: bytearray,
             raise StreamError(f"page record with flags {flags:#x}")
 
 
-def parse(data: bytes | memoryview, image: bytearray | None = None) -> Snapshot:
-    """The Snapshot in `data`. Pages are written into `image` when it is given and the
-    right size (the previous image: pages the stream omits keep their old bytes; a
-    background snapshot sends every page, so none are omitted)."""
-    r = _Reader(data)
+def _head(r: _Reader) -> tuple[tuple[Block, ...], int]:
+    """Header, configuration and RAM setup section: (blocks, RAM section id)."""
     if bytes(r.take(len(MAGIC))) != MAGIC:
         raise StreamError("not a QEMU migration stream (no QEVM v3 header)")
     if r.u8() != CONFIGURATION:
@@ -151,6 +148,24 @@ def parse(data: bytes | memoryview, image: bytearray | None = None) -> Snapshot:
     r.take(8)  # instance id, version
     blocks = _ram_setup(r)
     _footer(r, section)
+    return blocks, section
+
+
+def parse_prefix(prefix: bytes) -> tuple[tuple[Block, ...], int]:
+    """The RAM blocks and RAM section id a Snapshot's prefix declares."""
+    r = _Reader(prefix)
+    out = _head(r)
+    if r.i != len(prefix):
+        raise StreamError("bytes after the RAM setup section in a prefix")
+    return out
+
+
+def parse(data: bytes | memoryview, image: bytearray | None = None) -> Snapshot:
+    """The Snapshot in `data`. Pages are written into `image` when it is given and the
+    right size (the previous image: pages the stream omits keep their old bytes; a
+    background snapshot sends every page, so none are omitted)."""
+    r = _Reader(data)
+    blocks, section = _head(r)
     prefix = bytes(r.d[:r.i])
     size = sum(b.size for b in blocks)
     if image is None or len(image) != size:
