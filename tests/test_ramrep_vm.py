@@ -13,14 +13,25 @@ from pathlib import Path
 import pytest
 
 from agent.node.vm.checkpoint import FrameError
+from agent.node.vm.policy import Policy
 from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.tinyvm import COUNTER, tiny_vm
-from test_vm import FAST, counters, wait_until
+from support.tinyvm import COUNTER, counters, tiny_vm
 
 INTERVAL = 1.0
+FAST = Policy(quick_s=10.0, quick_exits=3, stable_s=60.0, backoff_min_s=0.3,
+              backoff_max_s=1.0)
+
+
+async def wait_until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (v := pred()):
+            return v
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def spec() -> VmSpec:
@@ -33,7 +44,7 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
     store = ReplicaStore(tmp_path / "replicas", "tiny")
     primary = VmSupervisor(spec(), VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
 
-    async def send(addr: str, frame: bytes) -> int:
+    async def send(addr: str, name: str, frame: bytes) -> int:
         try:
             await asyncio.to_thread(store.offer, frame)
         except FrameError:
@@ -98,7 +109,7 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
 
 @pytest.mark.parametrize("damage", ["truncate", "foreign"])
 def test_backup_refuses_and_keeps_the_last_good(tmp_path, damage):
-    from test_ramrep import frame
+    from support.checkpoints import frame
 
     store = ReplicaStore(tmp_path, "db")
     store.offer(frame(seq=4, base=0, previous=None))

@@ -135,8 +135,10 @@ class ReplicaStore:
         with self._lock:
             if self.snap is None or self.held is None:
                 return None
-            atomic_write(path, to_stream(self.snap), 0o600)
-            return self.held.seq
+            seq = self.held.seq
+            data = to_stream(self.snap)
+        path.write_bytes(data)  # read once by QEMU, rewritten on every start: no fsync
+        return seq
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now

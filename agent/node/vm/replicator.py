@@ -27,7 +27,6 @@ from agent.desired.model import DesiredState, NodeShare
 from agent.errors import MyceliumError
 from agent.node.vm.checkpoint import changed_runs, encode
 from agent.node.vm.qmp import Qmp, QmpError
-from agent.node.vm.spec import VmSpec
 from agent.node.vm.stream import Snapshot, StreamError, parse
 
 log = logging.getLogger("mycelium.vm")
@@ -36,16 +35,26 @@ MIGRATE_POLL_S = 0.01
 MIGRATE_DEADLINE_S = 60.0  # for one background snapshot to complete
 SEND_DEADLINE_S = 60.0  # for one backup to take a frame (a full one can be large)
 
-# send(backup address, frame) -> the backup's HTTP status (200 taken, 409 refused)
-Send = Callable[[str, bytes], Awaitable[int]]
+# send(backup address, VM name, frame) -> the backup's HTTP status (200 taken, 409 refused)
+Send = Callable[[str, str, bytes], Awaitable[int]]
 
 
-def backed_up_vms(state: DesiredState | None, share: NodeShare | None) -> dict[str, VmSpec]:
-    """The VMs whose memory this node receives, as a backup."""
-    if state is None or share is None or not state.components.vm_runtime:
+def backed_up_vms(state: DesiredState | None, share: NodeShare | None) -> frozenset[str]:
+    """The VMs whose memory this node receives, as a backup (components.ram_replication)."""
+    if state is None or share is None or not state.components.vm_runtime \
+            or not state.components.ram_replication:
+        return frozenset()
+    names = {e.name for e in state.endophytes}
+    return frozenset(n for n in share.endophytes_backup if n in names)
+
+
+def replicated_vms(state: DesiredState | None, share: NodeShare | None) -> dict[str, float]:
+    """VMs this node runs that have backups -> their checkpoint interval in seconds."""
+    if state is None or share is None or not state.components.vm_runtime \
+            or not state.components.ram_replication:
         return {}
-    by_name = {e.name: e for e in state.endophytes}
-    return {n: VmSpec.of(by_name[n]) for n in share.endophytes_backup if n in by_name}
+    return {e.name: e.replication_interval_ms / 1000.0 for e in state.endophytes
+            if e.name in share.endophytes_primary and e.backups > 0}
 
 
 async def background_snapshot(qmp: Qmp, path: Path, armed: bool) -> None:
@@ -108,7 +117,7 @@ class Replicator:
         qmp, targets = self._qmp(), self._backups()
         if qmp is None or not targets or await qmp.status() != "running":
             return False
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time()
         path = self.dir / "checkpoint.stream"
         await background_snapshot(qmp, path, self._armed is qmp)
         self._armed = qmp
@@ -142,7 +151,8 @@ class Replicator:
         results = await asyncio.gather(*(self._ship(a, frames[f], seq) for a, f in plan.items()))
         self._prev = snap
         wire = sum(len(frames[f]) for f in plan.values())
-        self.last = {"seq": seq, "at": time.time(), "image_bytes": snap.size,
+        self.last = {"seq": seq, "started": started, "at": time.time(),
+                     "cycle_s": round(time.monotonic() - t0, 3), "image_bytes": snap.size,
                      "dirtied_bytes": None if runs is None else sum(n for _, n in runs),
                      "wire_bytes": wire, "full": any(plan.values()),
                      "snapshot_s": round(t1 - t0, 3), "parse_diff_s": round(t2 - t1, 3),
@@ -155,7 +165,8 @@ class Replicator:
 
     async def _ship(self, addr: str, frame: bytes, seq: int) -> bool:
         try:
-            status = await asyncio.wait_for(self._send(addr, frame), SEND_DEADLINE_S)
+            status = await asyncio.wait_for(self._send(addr, self.name, frame),
+                                            SEND_DEADLINE_S)
         except (MyceliumError, OSError, TimeoutError) as e:
             log.warning("vm %s: checkpoint %d to %s: %s", self.name, seq, addr, e)
             status = 0

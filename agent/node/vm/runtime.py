@@ -38,7 +38,7 @@ SUMMARY_MAX = 16  # VMs named in the gossip meta
 RESUME_MAX_AGE_S = 600.0  # a checkpoint on disk older than this is not resumed from
 
 
-async def _no_send(addr: str, frame: bytes) -> int:
+async def _no_send(addr: str, name: str, frame: bytes) -> int:
     return 0
 
 
