@@ -1,0 +1,149 @@
+"""VM memory replication figures (printed), the tiny VM under TCG at 128 and 256 MiB:
+- the two checkpoint methods of QEMU 7.2 side by side: `background-snapshot` migration to
+  a file (the guest keeps running) vs guest RAM in a shared memory-backend-file with a
+  `stop`, device state only (`x-ignore-shared`), the RAM file copied, `cont`: time, pause,
+  bytes, and whether a fresh QEMU resumes from the result;
+- for the chosen one, full and incremental checkpoint frames of the idle guest: image
+  bytes, bytes dirtied, bytes on the wire, and the time of each step.
+Run: .venv/bin/python -m pytest -m bench -s tests/bench/bench_ramrep.py"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.node.vm.checkpoint import changed_runs, encode
+from agent.node.vm.qmp import Qmp, QmpError
+from agent.node.vm.replicator import background_snapshot
+from agent.node.vm.stream import parse, to_stream
+from support.tinyvm import counters, tiny_vm
+
+pytestmark = pytest.mark.bench
+
+
+def argv(d: Path, tag: str, mem: int, shared: Path | None = None,
+         incoming: str | None = None) -> list[str]:
+    vm = tiny_vm()
+    a = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", "1", "-m", str(mem),
+         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+         "-qmp", f"unix:{d}/{tag}.qmp,server=on,wait=off", "-serial", f"file:{d}/{tag}.log",
+         "-kernel", str(vm.kernel), "-initrd", str(vm.initrd), "-append", vm.cmdline,
+         "-netdev", "user,id=n0", "-device", "e1000,netdev=n0"]
+    if shared:
+        a += ["-object", f"memory-backend-file,id=mem,size={mem}M,mem-path={shared},share=on",
+              "-machine", "memory-backend=mem"]
+    return a + (["-incoming", incoming] if incoming else [])
+
+
+async def start(d: Path, tag: str, *args, **kw) -> tuple[subprocess.Popen, Qmp]:
+    p = subprocess.Popen(argv(d, tag, *args, **kw), stdin=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            return p, await Qmp.connect(d / f"{tag}.qmp")
+        except QmpError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("no QMP")
+
+
+async def counting(d: Path, tag: str, n: int, timeout: float = 180) -> int:
+    t0 = time.monotonic()
+    while len(counters(d / f"{tag}.log")) < n:
+        if time.monotonic() - t0 > timeout:
+            return 0
+        await asyncio.sleep(0.2)
+    return counters(d / f"{tag}.log")[-1]
+
+
+async def resumes(d: Path, tag: str, mem: int, **kw) -> str:
+    """Whether a fresh QEMU resumes at the checkpoint: the counter goes on, not from 1."""
+    p, q = await start(d, tag, mem, **kw)
+    try:
+        if kw.get("incoming") == "defer":
+            await q.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "x-ignore-shared", "state": True}]})
+            await q.execute("migrate-incoming", {"uri": f"exec:cat {d}/dev.state"})
+        await asyncio.sleep(4)
+        seen = counters(d / f"{tag}.log")
+        return f"resumed at {seen[0]}" if seen and seen[0] > 1 else \
+            f"not resumed ({await q.status()}, counter {seen[:1]})"
+    finally:
+        p.kill()
+        p.wait()
+
+
+async def background(d: Path, mem: int) -> list[str]:
+    p, q = await start(d, "bg", mem)
+    await counting(d, "bg", 3)
+    out, prev = [], None
+    for i in range(4):
+        t0 = time.monotonic()
+        await background_snapshot(q, d / "bg.stream", i > 0)
+        t1 = time.monotonic()
+        data = (d / "bg.stream").read_bytes()
+        snap = parse(data)
+        runs = None if prev is None else changed_runs(prev.image, snap.image)
+        t2 = time.monotonic()
+        frame = encode("b", "c", i + 1, 0 if prev is None else i, snap,
+                       None if prev is None else prev.image, runs)
+        t3 = time.monotonic()
+        dirtied = "all" if runs is None else f"{sum(n for _, n in runs) >> 10} KiB"
+        out.append(f"  {mem} MiB background-snapshot {i + 1}: {t1 - t0:.2f} s running "
+                   f"(stream {len(data) >> 20} MiB), parse+diff {t2 - t1:.2f} s, encode "
+                   f"{t3 - t2:.2f} s; image {snap.size >> 20} MiB, dirtied {dirtied}, "
+                   f"frame {len(frame) >> 10} KiB")
+        prev = snap
+        await asyncio.sleep(1)
+    p.kill()
+    p.wait()
+    (d / "bg.resume").write_bytes(to_stream(prev))
+    out.append(f"  {mem} MiB background-snapshot resume: "
+               f"{await resumes(d, 'bgr', mem, incoming=f'exec:cat {d}/bg.resume')}")
+    return out
+
+
+async def shared(d: Path, mem: int) -> list[str]:
+    ram = Path(f"/dev/shm/mycelium-bench-{mem}")
+    ram.unlink(missing_ok=True)
+    p, q = await start(d, "sh", mem, shared=ram)
+    await counting(d, "sh", 3)
+    await q.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": "x-ignore-shared", "state": True}]})
+    out = []
+    for i in range(3):
+        t0 = time.monotonic()
+        await q.execute("stop")
+        await q.execute("migrate", {"uri": f"exec:cat > {d}/dev.state"})
+        while (await q.execute("query-migrate")).get("status") not in ("completed", "failed"):
+            await asyncio.sleep(0.005)
+        t1 = time.monotonic()
+        image = ram.read_bytes()
+        await q.execute("cont")
+        t2 = time.monotonic()
+        out.append(f"  {mem} MiB shared RAM + stop {i + 1}: paused {t2 - t0:.2f} s (device "
+                   f"state {t1 - t0:.3f} s, {(d / 'dev.state').stat().st_size >> 10} KiB; "
+                   f"RAM copy {t2 - t1:.2f} s)")
+        await asyncio.sleep(1)
+    p.kill()
+    p.wait()
+    ram.unlink()
+    copy = Path(f"/dev/shm/mycelium-bench-{mem}r")
+    copy.write_bytes(image)
+    try:
+        out.append(f"  {mem} MiB shared RAM resume: "
+                   f"{await resumes(d, 'shr', mem, shared=copy, incoming='defer')}")
+    finally:
+        copy.unlink()
+    return out
+
+
+@pytest.mark.parametrize("mem", [128, 256])
+def test_bench_checkpoint_methods(tmp_path, mem):
+    tiny_vm()
+    lines = asyncio.run(background(tmp_path, mem)) + asyncio.run(shared(tmp_path, mem))
+    print("\n" + "\n".join(lines))
+    shutil.rmtree(tmp_path, ignore_errors=True)
