@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agent.desired.model import Throttle
+from agent.desired.model import Components, DesiredState, Endophyte, NodeShare, Throttle
 from agent.desired.throttle import level, next_step, qemu_percent
 from agent.node.vm.checkpoint import (
     FrameError,
@@ -17,6 +17,7 @@ from agent.node.vm.checkpoint import (
     decode,
     encode,
 )
+from agent.node.vm.replicator import backed_up_vms, replicated_vms
 from agent.node.vm.stream import (
     BE32,
     BE64,
@@ -192,3 +193,20 @@ def test_buffer_policy(t, buffered, incoming, action, full, throttle):
     step = next_step(t, buffered, 100, incoming)
     assert (step.action, step.send_full) == (action, full)
     assert step.throttle == pytest.approx(throttle)
+
+
+# --- which VMs are replicated ---------------------------------------------------------------
+
+@pytest.mark.parametrize("endophyte, components, backed, replicated", [
+    (Endophyte("v", kernel="/k", backups=1, replication_interval_ms=500), Components(),
+     {"v"}, {"v": 0.5}),
+    (Endophyte("v", kernel="/k", backups=0), Components(), set(), {}),  # no backups
+    (Endophyte("v", image="/d.qcow2", backups=1), Components(), set(), {}),  # a disk
+    (Endophyte("v", kernel="/k", backups=1), Components(ram_replication=False), set(), {}),
+])
+def test_replicated_vms(endophyte, components, backed, replicated):
+    state = DesiredState("net", endophytes=(endophyte,), components=components)
+    share = NodeShare("n", endophytes_primary=("v",), endophytes_backup=("v",))
+    assert backed_up_vms(state, share) == backed
+    assert replicated_vms(state, share) == replicated
+    assert backed_up_vms(state, None) == set() and replicated_vms(None, share) == {}

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from agent.desired.model import DesiredState, NodeShare
+from agent.desired.model import DesiredState, Endophyte, NodeShare
 from agent.errors import MyceliumError
 from agent.node.vm.checkpoint import changed_runs, encode
 from agent.node.vm.qmp import Qmp, QmpError
@@ -39,22 +39,27 @@ SEND_DEADLINE_S = 60.0  # for one backup to take a frame (a full one can be larg
 Send = Callable[[str, str, bytes], Awaitable[int]]
 
 
-def backed_up_vms(state: DesiredState | None, share: NodeShare | None) -> frozenset[str]:
-    """The VMs whose memory this node receives, as a backup (components.ram_replication)."""
-    if state is None or share is None or not state.components.vm_runtime \
+def _replicable(state: DesiredState | None) -> dict[str, Endophyte]:
+    """Endophytes whose memory is replicated: with components.ram_replication on, backups,
+    and no disk image (the disk is not replicated yet: memory resumed over a disk of
+    another instant would corrupt the guest's file systems, so those VMs boot cold)."""
+    if state is None or not state.components.vm_runtime \
             or not state.components.ram_replication:
-        return frozenset()
-    names = {e.name for e in state.endophytes}
-    return frozenset(n for n in share.endophytes_backup if n in names)
+        return {}
+    return {e.name: e for e in state.endophytes if e.backups > 0 and not e.image}
+
+
+def backed_up_vms(state: DesiredState | None, share: NodeShare | None) -> frozenset[str]:
+    """The VMs whose memory this node receives, as a backup."""
+    names = _replicable(state)
+    return frozenset(n for n in share.endophytes_backup if n in names) if share else frozenset()
 
 
 def replicated_vms(state: DesiredState | None, share: NodeShare | None) -> dict[str, float]:
-    """VMs this node runs that have backups -> their checkpoint interval in seconds."""
-    if state is None or share is None or not state.components.vm_runtime \
-            or not state.components.ram_replication:
-        return {}
-    return {e.name: e.replication_interval_ms / 1000.0 for e in state.endophytes
-            if e.name in share.endophytes_primary and e.backups > 0}
+    """VMs this node runs whose memory is replicated -> checkpoint interval in seconds."""
+    vms = _replicable(state)
+    return {n: vms[n].replication_interval_ms / 1000.0
+            for n in (share.endophytes_primary if share else ()) if n in vms}
 
 
 async def background_snapshot(qmp: Qmp, path: Path, armed: bool) -> None:
