@@ -14,6 +14,7 @@ import pytest
 
 from agent.authoring.identity import sign_state
 from agent.authoring.netdir import NetworkDir
+from agent.cli import main
 from agent.lab.cluster import Cluster, free_port_pair, kill_node
 from support.agents import GOSSIP, api, post_envelope, wait_for
 from support.tinyvm import counters, tiny_vm
@@ -53,7 +54,13 @@ def vms(c: Cluster, name: str) -> dict:
     return api(c, "/api/v1/vms", node.addr)
 
 
-def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster):
+def vm_status(c: Cluster, capsys) -> str:
+    capsys.readouterr()
+    main(["vm", "status", "tiny", "--network", str(c.network), "--to", ",".join(c.addresses())])
+    return capsys.readouterr().out
+
+
+def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster, capsys):
     vm = tiny_vm()
     env = sign_state(NetworkDir(cluster.network), YAML.format(
         kernel=vm.kernel, initrd=vm.initrd, cmdline=vm.cmdline, interval=INTERVAL_MS,
@@ -75,6 +82,8 @@ def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster):
     assert rep["acked"] and not rep["last"]["full"], rep
     assert rep["last"]["wire_bytes"] < rep["last"]["dirtied_bytes"] + 64 * 1024, rep
 
+    out = vm_status(cluster, capsys)
+    assert "  replication: checkpoint" in out and "backup on n1: checkpoint" in out, out
     serial2 = Path(n2.data_dir) / "vms" / "tiny" / "serial.log"
     wait_for(lambda: len(counters(serial2)) >= 5, 60, "the counter at 5 on n2")
     before = vms(cluster, "n2")["vms"][0]["replication"]["last"]
@@ -88,6 +97,7 @@ def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster):
     serial1 = Path(n1.data_dir) / "vms" / "tiny" / "serial.log"
     first = wait_for(lambda: counters(serial1), 30, "the counter on n1")[0]
     t_counter = time.monotonic()
+    assert "boot: resumed from checkpoint" in vm_status(cluster, capsys)
     lost = at_kill - first + 1  # counter ticks (seconds) the guest lives again
     print(f"\n  replication: checkpoint {rep['last']['seq']}: image "
           f"{rep['last']['image_bytes'] >> 20} MiB, dirtied "
