@@ -3,6 +3,7 @@ frames and diffs, the backup's acceptance rules, throttle curves and the buffer 
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -17,7 +18,7 @@ from agent.node.vm.checkpoint import (
     decode,
     encode,
 )
-from agent.node.vm.replicator import backed_up_vms, replicated_vms
+from agent.node.vm.replicator import Replication, Replicator, backed_up_vms, replicated_vms
 from agent.node.vm.stream import (
     BE32,
     BE64,
@@ -199,7 +200,7 @@ def test_buffer_policy(t, buffered, incoming, action, full, throttle):
 
 @pytest.mark.parametrize("endophyte, components, backed, replicated", [
     (Endophyte("v", kernel="/k", backups=1, replication_interval_ms=500), Components(),
-     {"v"}, {"v": 0.5}),
+     {"v"}, {"v": Replication(0.5, Throttle())}),
     (Endophyte("v", kernel="/k", backups=0), Components(), set(), {}),  # no backups
     (Endophyte("v", image="/d.qcow2", backups=1), Components(), set(), {}),  # a disk
     (Endophyte("v", kernel="/k", backups=1), Components(ram_replication=False), set(), {}),
@@ -210,3 +211,63 @@ def test_replicated_vms(endophyte, components, backed, replicated):
     assert backed_up_vms(state, share) == backed
     assert replicated_vms(state, share) == replicated
     assert backed_up_vms(state, None) == set() and replicated_vms(None, share) == {}
+
+
+# --- the primary's buffer, throttle and pause, with a backup that does not answer ------------
+
+class FakeQmp:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def execute(self, command: str, arguments=None):
+        self.sent.append(command)
+
+
+@pytest.mark.parametrize("emergency_pause", [True, False])
+def test_replicator_buffer_throttles_then_pauses_or_drops(tmp_path, emergency_pause):
+    rnd = random.Random(7)
+    gate = asyncio.Event()
+    taken: list[int] = []
+    levels: list[float] = []
+
+    async def send(addr: str, name: str, data: bytes) -> int:
+        await gate.wait()
+        taken.append(decode(data).header.seq)
+        return 200
+
+    async def limit(lvl: float) -> None:
+        levels.append(lvl)
+
+    def fresh() -> Snapshot:
+        s = snap({}, npages=8)
+        s.image[:] = rnd.randbytes(8 * P)  # every page dirtied, incompressible
+        return s
+
+    size = len(encode("v", "c", 1, 0, fresh(), None))
+    qmp = FakeQmp()
+
+    async def go() -> Replicator:
+        rep = Replicator("v", 1.0, tmp_path, lambda: None, lambda: ["b"], send,
+                         throttle=Throttle("linear", 0.5, emergency_pause=emergency_pause),
+                         limit=limit, buffer=int(3.5 * size))
+        for _ in range(3):
+            await rep.ship(fresh(), ["b"], qmp)
+        assert rep.fill() == pytest.approx(3 * size / rep.capacity, rel=0.01)
+        assert levels[0] > 0 and levels == sorted(levels) and rep.level > 0.6
+        assert qmp.sent == [] and not rep.last["full"]
+        await rep.ship(fresh(), ["b"], qmp)  # does not fit
+        if emergency_pause:
+            assert qmp.sent == ["stop"] and rep.paused and rep.dropped == 0
+        else:
+            assert qmp.sent == [] and rep.dropped == 3 and rep.last["full"]
+        gate.set()
+        while rep._boxes["b"].frames:
+            await asyncio.sleep(0.01)
+        await rep._regulate(qmp)
+        rep.stop()
+        return rep
+
+    rep = asyncio.run(go())
+    assert taken == ([1, 2, 3, 4] if emergency_pause else [1, 4])  # 2, 3 dropped, 4 full
+    assert levels[-1] == 0.0 and not rep.paused
+    assert qmp.sent == (["stop", "cont"] if emergency_pause else [])

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.node.vm.checkpoint import FrameError
+from agent.node.vm.cpulimit import CpuLimit, quota_us
 from agent.node.vm.policy import Policy
 from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
@@ -62,8 +64,10 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
         for _ in range(5):  # one full, then incremental ones
             t0 = time.monotonic()
             assert await rep.once()
-            sent.append(rep.last)
+            await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
+            sent.append(dict(rep.last))
             await asyncio.sleep(max(0.0, INTERVAL - (time.monotonic() - t0)))
+        rep.stop()
         at_last = max(counters(log))  # the counter when the last checkpoint was taken
         os.kill(primary.pid, 9)  # the primary's QEMU dies
         await primary.stop()
@@ -89,8 +93,7 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
             print(f"\n  checkpoint {s['seq']}: image {s['image_bytes'] >> 20} MiB, dirtied "
                   f"{'all' if s['dirtied_bytes'] is None else s['dirtied_bytes'] >> 10} KiB,"
                   f" on the wire {s['wire_bytes'] >> 10} KiB; snapshot {s['snapshot_s']} s, "
-                  f"parse+diff {s['parse_diff_s']} s, encode {s['encode_s']} s, "
-                  f"send {s['send_s']} s")
+                  f"parse+diff {s['parse_diff_s']} s, encode {s['encode_s']} s")
         print(f"  resumed in {took:.2f} s at {COUNTER} {first} (last seen on the primary "
               f"before the kill: {at_last})")
 
@@ -121,3 +124,60 @@ def test_backup_refuses_and_keeps_the_last_good(tmp_path, damage):
     assert sorted(p.name for p in Path(tmp_path, "db").iterdir()) == ["000000000004.ckpt"]
     store.offer(good)
     assert store.held.seq == 5
+
+
+# --- the CPU cap that throttles a VM ---------------------------------------------------------
+
+@pytest.mark.parametrize("cpus, level, quota", [
+    (1, 0.0, None), (1, 0.5, 50_000), (2, 0.5, 100_000), (1, 1.0, 1_000), (4, 0.99, 8_000),
+])
+def test_cpu_quota(cpus, level, quota):
+    assert quota_us(cpus, level) == quota
+
+
+def test_cpu_limit_writes_a_cgroup_of_its_own(tmp_path):
+    (tmp_path / "cpu").mkdir()  # a v1 hierarchy
+    lim = CpuLimit("db", 2, root=tmp_path)
+    asyncio.run(lim.set(1234, 0.5))
+    d = tmp_path / "cpu" / "mycelium-vm-db"
+    assert (d / "cgroup.procs").read_text() == "1234"
+    assert (d / "cpu.cfs_quota_us").read_text() == "100000"
+    asyncio.run(lim.set(1234, 0.0))
+    assert (d / "cpu.cfs_quota_us").read_text() == "-1" and lim.level == 0.0
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpu")
+    asyncio.run(CpuLimit("db", 1, root=v2).set(1, 0.75))
+    assert (v2 / "mycelium-vm-db" / "cpu.max").read_text() == "26000 100000"  # 0.75 -> 74 % of 99
+    with pytest.raises(OSError, match="no cgroup cpu"):
+        asyncio.run(CpuLimit("db", 1, root=tmp_path / "none").set(1, 0.5))
+
+
+def test_cpu_limit_slows_a_real_process(tmp_path):
+    """On this host's cgroup hierarchy: a busy process capped at 90 % throttle gets about
+    10 % of a CPU."""
+    root = Path("/sys/fs/cgroup")
+    if not os.access(root / "cpu", os.W_OK) and not (root / "cgroup.controllers").is_file():
+        pytest.skip("no writable cgroup cpu controller")
+    busy = subprocess.Popen(["python3", "-c", "while True: pass"])
+    lim = CpuLimit(f"test-{os.getpid()}", 1)
+    try:
+        try:
+            asyncio.run(lim.set(busy.pid, 0.9))
+        except OSError as e:
+            pytest.skip(f"cgroup not writable here: {e}")
+        t0, c0 = time.monotonic(), cpu_s(busy.pid)
+        time.sleep(2.0)
+        share = (cpu_s(busy.pid) - c0) / (time.monotonic() - t0)
+        assert share < 0.25, share
+    finally:
+        busy.kill()
+        busy.wait()
+        for d in (root / "cpu" / f"mycelium-vm-{lim.name}", root / f"mycelium-vm-{lim.name}"):
+            if d.is_dir():
+                d.rmdir()
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

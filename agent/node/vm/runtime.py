@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.node.vm.checkpoint import Held
+from agent.node.vm.cpulimit import CpuLimit
 from agent.node.vm.policy import DEFAULT_POLICY, Policy
 from agent.node.vm.replica import ReplicaStore
-from agent.node.vm.replicator import Replicator, Send
+from agent.node.vm.replicator import Replication, Replicator, Send
 from agent.node.vm.spec import VmPaths, VmSpec
-from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor
+from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor, systemd_scopes
 
 SUMMARY_MAX = 16  # VMs named in the gossip meta
 RESUME_MAX_AGE_S = 600.0  # a checkpoint on disk older than this is not resumed from
@@ -72,9 +73,9 @@ class VmRuntime:
         return VmPaths(self.root / name)
 
     def apply(self, wanted: dict[str, VmSpec], backups: frozenset[str] = frozenset(),
-              replicate: dict[str, float] | None = None) -> None:
+              replicate: dict[str, Replication] | None = None) -> None:
         """`wanted`: VMs to run here; `backups`: VMs whose checkpoints this node takes;
-        `replicate`: name -> checkpoint interval (s) of the wanted VMs that have backups."""
+        `replicate`: how the wanted VMs that have backups are replicated."""
         if self._closed:
             return
         replicate = replicate or {}
@@ -105,16 +106,24 @@ class VmRuntime:
             return None if s is None else s.resume_stream(path)
         return resume
 
-    def _replicate(self, name: str, interval: float | None) -> None:
+    def _replicate(self, name: str, how: Replication | None) -> None:
         """Start or stop the Replicator of VM `name` (None: it has no backups)."""
         rep = self.replicators.get(name)
-        if rep is not None and (interval is None or rep.interval != interval):
+        if rep is not None and (how is None or (rep.interval, rep.throttle) != (
+                how.interval_s, how.throttle)):
             self._end_replication(name)
             rep = None
-        if rep is None and interval is not None:
+        if rep is None and how is not None:
             sup = self.vms[name]
-            rep = Replicator(name, interval, sup.paths.dir, lambda: sup.qmp,
-                             lambda: self.targets(name), self.send)
+            cap = CpuLimit(name, sup.spec.cpus, scope=systemd_scopes())
+
+            async def limit(level: float) -> None:
+                if sup.pid is not None:
+                    await cap.set(sup.pid, level)
+
+            rep = Replicator(name, how.interval_s, sup.paths.dir, lambda: sup.qmp,
+                             lambda: self.targets(name), self.send, throttle=how.throttle,
+                             limit=limit)
             self.replicators[name] = rep
             rep.start()
 
