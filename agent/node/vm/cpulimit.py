@@ -70,3 +70,12 @@ class CpuLimit:
         (d / "cgroup.procs").write_text(str(pid))
         (d / "cpu.cfs_period_us").write_text(str(PERIOD_US))
         (d / "cpu.cfs_quota_us").write_text(str(-1 if quota is None else quota))
+
+    def close(self) -> None:
+        """Remove the cgroup made for the VM (once its QEMU has exited)."""
+        group = f"mycelium-vm-{self.name}"
+        for d in (self.root / group, self.root / "cpu" / group):
+            try:
+                d.rmdir()
+            except OSError:
+                pass

@@ -54,6 +54,7 @@ class VmRuntime:
         self.send, self.targets = send, targets
         self.replicas: dict[str, ReplicaStore] = {}
         self.replicators: dict[str, Replicator] = {}
+        self._caps: dict[str, CpuLimit] = {}  # the CPU caps replication made, per VM
         self.cache = data_dir / "vm-images"
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self.on_change = on_change
@@ -115,7 +116,7 @@ class VmRuntime:
             rep = None
         if rep is None and how is not None:
             sup = self.vms[name]
-            cap = CpuLimit(name, sup.spec.cpus, scope=systemd_scopes())
+            cap = self._caps[name] = CpuLimit(name, sup.spec.cpus, scope=systemd_scopes())
 
             async def limit(level: float) -> None:
                 if sup.pid is not None:
@@ -149,6 +150,8 @@ class VmRuntime:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
             await sup.stop()
+            if (cap := self._caps.pop(name, None)) is not None:
+                cap.close()
             if self._stopping.get(name) is task:
                 del self._stopping[name]
             self.on_change()
