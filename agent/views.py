@@ -225,7 +225,10 @@ def vm_status_lines(rows: Sequence[VmRow], name: str,
                   f"  accel {v.accel or '-'}, QMP {v.qmp or '-'}, up {duration_cell(v.uptime_s)}"
                   f", {v.restarts} restarts, {v.cpus} CPUs, {v.memory_mb} MiB",
                   f"  ports {', '.join(v.ports) or '-'}"]
-        if v.boot == "cold":
+        if v.boot == "cold" and v.replication:
+            lines.append("  boot: cold - replicated: a move resumes it from its last "
+                         "checkpoint")
+        elif v.boot == "cold":
             lines.append("  boot: cold - on a move its memory and disk stay behind unless "
                          "it is replicated (diskless, with backups)")
         elif v.boot:

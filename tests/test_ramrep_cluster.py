@@ -84,6 +84,8 @@ def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster, capsys):
 
     out = vm_status(cluster, capsys)
     assert "  replication: checkpoint" in out and "backup on n1: checkpoint" in out, out
+    with capsys.disabled():
+        print("\n  $ mycelium vm status tiny\n" + out)
     serial2 = Path(n2.data_dir) / "vms" / "tiny" / "serial.log"
     wait_for(lambda: len(counters(serial2)) >= 5, 60, "the counter at 5 on n2")
     before = vms(cluster, "n2")["vms"][0]["replication"]["last"]
