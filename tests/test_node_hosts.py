@@ -71,10 +71,11 @@ class FakeNode:
     def vm_backups(self) -> list[dict[str, Any]]:
         return [r.status() for r in self.replicas.values()]
 
-    async def offer_checkpoint(self, name: str, frame: bytes) -> int:
+    async def offer_checkpoint(self, name: str, frame: bytes) -> int | None:
         if name not in self.replicas:
             raise LookupError(f"not a backup of {name}")
-        return self.replicas[name].offer(frame).seq
+        held = self.replicas[name].offer(frame)
+        return None if held is None else held.seq
 
     async def promote(self, secret: str, by: str) -> None:
         self.asked.append(f"promote by {by}")

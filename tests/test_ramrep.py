@@ -13,10 +13,12 @@ from agent.desired.throttle import level, next_step, qemu_percent
 from agent.node.vm.checkpoint import (
     FrameError,
     Held,
+    Reassembler,
     accept,
     changed_runs,
     decode,
     encode,
+    split,
 )
 from agent.node.vm.replicator import Replication, Replicator, backed_up_vms, replicated_vms
 from agent.node.vm.stream import (
@@ -271,3 +273,39 @@ def test_replicator_buffer_throttles_then_pauses_or_drops(tmp_path, emergency_pa
     assert taken == ([1, 2, 3, 4] if emergency_pause else [1, 4])  # 2, 3 dropped, 4 full
     assert levels[-1] == 0.0 and not rep.paused
     assert qmp.sent == (["stop", "cont"] if emergency_pause else [])
+
+
+# --- a frame split over parallel connections -------------------------------------------------
+
+@pytest.mark.parametrize("order, whole", [
+    ([0, 1, 2], True), ([2, 0, 1], True),  # parts arrive in any order
+    ([0, 2], False),  # one missing: nothing yet
+    ([0, 0, 1, 2], None),  # a part sent twice: still one frame
+])
+def test_parts_reassemble_into_the_frame(order, whole):
+    data = frame()
+    parts = split(data, 3, b"set1")
+    r = Reassembler()
+    got = [r.add(parts[i]) for i in order]
+    if whole is False:
+        assert got == [None, None]
+    else:
+        assert got[-1] == data and all(g is None for g in got[:-1])
+
+
+def test_altered_part_makes_a_frame_that_is_refused():
+    parts = split(frame(), 2, b"s")
+    parts[1] = flip(parts[1], len(parts[1]) - 3)
+    r = Reassembler()
+    assert r.add(parts[0]) is None
+    with pytest.raises(FrameError, match="sha256"):
+        accept(r.add(parts[1]), "db", HELD)
+
+
+def test_abandoned_part_sets_are_evicted():
+    r = Reassembler()
+    for k in range(5):
+        assert r.add(split(frame(), 2, b"s%d" % k)[0]) is None
+    assert len(r._sets) == 2
+    with pytest.raises(FrameError):
+        r.add(b"MYCPART1" + b"\0" * 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.node.vm.checkpoint import FrameError
+from agent.node.vm.checkpoint import FrameError, split
 from agent.node.vm.cpulimit import CpuLimit, quota_us
 from agent.node.vm.policy import Policy
 from agent.node.vm.replica import ReplicaStore
@@ -122,7 +122,9 @@ def test_backup_refuses_and_keeps_the_last_good(tmp_path, damage):
         store.offer(bad)
     assert store.held.seq == 4 and store.refused == 1
     assert sorted(p.name for p in Path(tmp_path, "db").iterdir()) == ["000000000004.ckpt"]
-    store.offer(good)
+    parts = split(good, 3, b"p")
+    assert store.offer(parts[2]) is None and store.offer(parts[0]) is None
+    store.offer(parts[1])  # the last part: the whole frame is taken
     assert store.held.seq == 5
 
 

@@ -54,9 +54,10 @@ class NodeHost(Protocol):
     def vm_status(self) -> list[dict[str, Any]]: ...
     def vm_backups(self) -> list[dict[str, Any]]: ...
 
-    async def offer_checkpoint(self, name: str, frame: bytes) -> int:
-        """A checkpoint of VM `name` from its primary: the sequence now held. LookupError
-        if this node is not its backup, FrameError if the frame is refused."""
+    async def offer_checkpoint(self, name: str, frame: bytes) -> int | None:
+        """A checkpoint of VM `name` from its primary: the sequence now held, or None for
+        a part of a split frame kept until the rest comes. LookupError if this node is not
+        its backup, FrameError if the frame is refused."""
 
     def vm_paths(self, name: str) -> VmPaths | None:
         """Where VM `name` keeps its serial socket and log, or None if it is not here."""
@@ -169,6 +170,8 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
             return web.json_response({"error": f"checkpoint refused: {e}"}, status=409)
         except StorageError as e:
             return web.json_response({"error": str(e)}, status=507)
+        if seq is None:
+            return web.json_response({"part": "kept"}, status=202)
         return web.json_response({"seq": seq})
 
     def _vm(request: web.Request) -> VmPaths:

@@ -530,8 +530,9 @@ class Agent:
                         reply.body[:200].decode(errors="replace"))
         return reply.status
 
-    async def offer_checkpoint(self, name: str, frame: bytes) -> int:
-        return (await asyncio.to_thread(self.vms.offer, name, frame)).seq
+    async def offer_checkpoint(self, name: str, frame: bytes) -> int | None:
+        held = await asyncio.to_thread(self.vms.offer, name, frame)
+        return None if held is None else held.seq
 
     def vm_backups(self) -> list[dict[str, Any]]:
         return self.vms.backup_status()

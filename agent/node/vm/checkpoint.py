@@ -228,3 +228,48 @@ def accept(frame: bytes, vm: str, held: Held | None) -> Checkpoint:
     if h.size != held.size:
         raise FrameError(f"image of {h.size} bytes, {held.size} held")
     return ck
+
+
+# --- a frame split across several connections ---------------------------------------------
+
+PART_MAGIC = b"MYCPART1"
+PART = struct.Struct(">16sHH")  # set id, index, count
+PARTS_MAX = 64
+SETS_KEPT = 2  # incomplete sets a backup keeps per VM (a newer one evicts the oldest)
+
+
+def split(frame: bytes, n: int, set_id: bytes) -> list[bytes]:
+    """`frame` in `n` parts of about equal size, to send over `n` connections at once."""
+    n = max(1, min(n, PARTS_MAX, len(frame)))
+    size = -(-len(frame) // n)
+    return [PART_MAGIC + PART.pack(set_id.ljust(16, b"\0")[:16], i, n)
+            + frame[i * size:(i + 1) * size] for i in range(n)]
+
+
+def is_part(data: bytes) -> bool:
+    return data.startswith(PART_MAGIC)
+
+
+class Reassembler:
+    """Parts back into a frame. The frame's own SHA-256 (checked by `accept`) covers the
+    parts: a missing, doubled or altered part makes a frame that is refused."""
+
+    def __init__(self) -> None:
+        self._sets: dict[bytes, dict[int, bytes]] = {}
+
+    def add(self, data: bytes) -> bytes | None:
+        """The whole frame once its last part came, else None."""
+        at = len(PART_MAGIC)
+        if len(data) < at + PART.size:
+            raise FrameError("truncated: a frame part without its header")
+        set_id, i, n = PART.unpack_from(data, at)
+        if not 0 < n <= PARTS_MAX or i >= n:
+            raise FrameError(f"frame part {i} of {n}")
+        parts = self._sets.setdefault(set_id, {})
+        parts[i] = data[at + PART.size:]
+        while len(self._sets) > SETS_KEPT:  # an abandoned set: the oldest goes
+            del self._sets[next(iter(self._sets))]
+        if len(parts) < n:
+            return None
+        del self._sets[set_id]
+        return b"".join(parts[k] for k in range(n))

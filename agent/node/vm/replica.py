@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.node.vm.checkpoint import Checkpoint, FrameError, Held, accept, encode
+from agent.node.vm.checkpoint import (
+    Checkpoint,
+    FrameError,
+    Held,
+    Reassembler,
+    accept,
+    encode,
+    is_part,
+)
 from agent.node.vm.stream import Snapshot, parse_prefix, to_stream
 from agent.statefile import atomic_write
 
@@ -46,15 +54,22 @@ class ReplicaStore:
         self.last_refusal = ""
         self.received_bytes = 0
         self._lock = threading.Lock()  # offer() runs in a worker thread
+        self._parts = Reassembler()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._load()
 
     # --- taking checkpoints ----------------------------------------------------------
 
-    def offer(self, frame: bytes) -> Held:
-        """Take `frame` if the rules allow (FrameError with the reason otherwise)."""
+    def offer(self, frame: bytes) -> Held | None:
+        """Take `frame` if the rules allow (FrameError with the reason otherwise); a part
+        of a split frame is kept until the frame is whole (None meanwhile)."""
         with self._lock:
             try:
+                if is_part(frame):
+                    whole = self._parts.add(frame)
+                    if whole is None:
+                        return None
+                    frame = whole
                 ck = accept(frame, self.vm, self.held)
             except FrameError as e:
                 self.refused += 1

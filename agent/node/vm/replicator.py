@@ -33,7 +33,7 @@ from typing import Any
 from agent.desired.model import DesiredState, Endophyte, NodeShare, Throttle
 from agent.desired.throttle import level, next_step
 from agent.errors import MyceliumError
-from agent.node.vm.checkpoint import changed_runs, encode
+from agent.node.vm.checkpoint import changed_runs, encode, split
 from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.stream import Snapshot, StreamError, parse
 
@@ -46,6 +46,8 @@ SEND_DEADLINE_S = 60.0  # for one backup to take a frame (a full one can be larg
 BUFFER_MIN = 16 << 20  # bytes of unsent frames per backup, at least...
 BUFFER_OF_IMAGE = 0.5  # ...or this share of the guest's memory (a full frame fits)
 LEVEL_STEP = 0.05  # throttle changes smaller than this are not applied
+CONNECTIONS = 4  # parallel requests a large frame is split over, per backup
+PART_MIN = 1 << 20  # frames under this go whole
 DEFAULT_THROTTLE = Throttle()
 
 # send(backup address, VM name, frame) -> the backup's HTTP status (200 taken, 409 refused)
@@ -130,7 +132,8 @@ class Replicator:
     def __init__(self, name: str, interval_s: float, workdir: Path,
                  qmp: Callable[[], Qmp | None], backups: Callable[[], list[str]],
                  send: Send, *, throttle: Throttle = DEFAULT_THROTTLE,
-                 limit: Limit | None = None, buffer: int | None = None) -> None:
+                 limit: Limit | None = None, buffer: int | None = None,
+                 connections: int = CONNECTIONS) -> None:
         self.name, self.interval, self.dir = name, interval_s, workdir
         self._qmp, self._backups, self._send = qmp, backups, send
         self.throttle, self._limit = throttle, limit
@@ -141,6 +144,7 @@ class Replicator:
         self._need_full: dict[str, bool] = {}
         self._boxes: dict[str, Outbox] = {}
         self._buffer = buffer  # bytes per backup; None: from the guest's size
+        self.connections = connections
         self.capacity = buffer or BUFFER_MIN
         self.level = 0.0
         self.paused = False  # by us, at a full buffer (throttle.emergency_pause)
@@ -298,12 +302,18 @@ class Replicator:
                     self._need_full[addr] = True
 
     async def _post(self, addr: str, frame: bytes, seq: int) -> bool:
+        """Send one frame, split over `self.connections` parallel requests when large:
+        True when the backup took it."""
+        n = self.connections if len(frame) >= PART_MIN else 1
+        bodies = [frame] if n == 1 else split(frame, n, secrets.token_bytes(16))
         try:
-            status = await asyncio.wait_for(self._send(addr, self.name, frame),
-                                            SEND_DEADLINE_S)
+            statuses = await asyncio.wait_for(asyncio.gather(
+                *(self._send(addr, self.name, b) for b in bodies)), SEND_DEADLINE_S)
         except (MyceliumError, OSError, TimeoutError) as e:
             log.warning("vm %s: checkpoint %d to %s: %s", self.name, seq, addr, e)
-            status = 0
+            statuses = [0]
+        # one part completes the frame (200 or 409); the others were kept (202)
+        status = next((s for s in statuses if s != 202), 0)
         if status == 200:
             self.acked[addr] = seq
         return status == 200

@@ -133,7 +133,7 @@ class VmRuntime:
         if rep is not None:
             rep.stop()
 
-    def offer(self, name: str, frame: bytes) -> Held:
+    def offer(self, name: str, frame: bytes) -> Held | None:
         """A checkpoint of VM `name` from its primary: LookupError if this node is not
         its backup, FrameError if the frame is refused (the last good one is kept)."""
         store = self.replicas.get(name)
