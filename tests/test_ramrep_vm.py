@@ -93,7 +93,7 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
             print(f"\n  checkpoint {s['seq']}: image {s['image_bytes'] >> 20} MiB, dirtied "
                   f"{'all' if s['dirtied_bytes'] is None else s['dirtied_bytes'] >> 10} KiB,"
                   f" on the wire {s['wire_bytes'] >> 10} KiB; snapshot {s['snapshot_s']} s, "
-                  f"parse+diff {s['parse_diff_s']} s, encode {s['encode_s']} s")
+                  f"parse {s['parse_s']} s, diff {s['diff_s']} s, encode {s['encode_s']} s")
         print(f"  resumed in {took:.2f} s at {COUNTER} {first} (last seen on the primary "
               f"before the kill: {at_last})")
 

@@ -199,8 +199,10 @@ class Replicator:
             raise MyceliumError(f"checkpoint stream: {e}") from e
         finally:
             path.unlink(missing_ok=True)
+        t2 = time.monotonic()
         await self.ship(snap, targets, qmp)
         self.last.update(started=started, snapshot_s=round(t1 - t0, 3),
+                         parse_s=round(t2 - t1, 3),
                          cycle_s=round(time.monotonic() - t0, 3))
         return True
 
@@ -242,7 +244,7 @@ class Replicator:
         self.last = {"seq": seq, "at": time.time(), "image_bytes": snap.size,
                      "dirtied_bytes": None if runs is None else sum(n for _, n in runs),
                      "wire_bytes": wire, "full": fulls > 0,
-                     "parse_diff_s": round(t1 - t0, 3),
+                     "diff_s": round(t1 - t0, 3),
                      "encode_s": round(time.monotonic() - t1, 3)}
         log.info("vm %s: checkpoint %d: %s dirtied, %d bytes queued for %d backups",
                  self.name, seq, "all" if runs is None else f"{self.last['dirtied_bytes']} B",
