@@ -17,7 +17,8 @@ from agent.authoring.netdir import NetworkDir
 from agent.cli import main
 from agent.lab.cluster import Cluster, free_port_pair, kill_node
 from support.agents import GOSSIP, api, post_envelope, wait_for
-from support.tinyvm import counters, tiny_vm
+from support.checkpoints import counters
+from support.tinyvm import tiny_vm
 
 pytestmark = pytest.mark.slow
 

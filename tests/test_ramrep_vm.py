@@ -20,7 +20,8 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.tinyvm import COUNTER, counters, tiny_vm
+from support.checkpoints import counters
+from support.tinyvm import COUNTER, tiny_vm
 
 INTERVAL = 1.0
 FAST = Policy(quick_s=10.0, quick_exits=3, stable_s=60.0, backoff_min_s=0.3,

@@ -21,7 +21,8 @@ from agent.node.vm.checkpoint import changed_runs, encode
 from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.replicator import background_snapshot
 from agent.node.vm.stream import parse, to_stream
-from support.tinyvm import counters, tiny_vm
+from support.checkpoints import counters
+from support.tinyvm import tiny_vm
 
 pytestmark = pytest.mark.bench
 

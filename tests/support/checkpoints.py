@@ -1,9 +1,13 @@
-"""Synthetic QEMU migration streams and checkpoint frames for the replication tests."""
+"""Helpers of the VM memory replication tests: synthetic QEMU migration streams and
+checkpoint frames, and the tiny VM's counter read from a serial log."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.node.vm.checkpoint import encode
 from agent.node.vm.stream import BE32, BE64, F_EOS, F_MEM_SIZE, FOOTER, MAGIC, PAGE, Block, Snapshot
+from support.tinyvm import COUNTER
 
 P = PAGE
 
@@ -31,3 +35,9 @@ def frame(**kw) -> bytes:
     d = dict(vm="db", chain="c1", seq=5, base=4, snap=snap({1: 1}), previous=bytes(8 * P))
     d.update(kw)
     return encode(d["vm"], d["chain"], d["seq"], d["base"], d["snap"], d["previous"])
+
+
+def counters(log: Path) -> list[int]:
+    """The counter values the tiny VM printed into serial log `log`, in order."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]

@@ -112,9 +112,3 @@ def newc(files: dict[str, tuple[bytes, int]]) -> bytes:
         out.write(data)
         out.write(b"\0" * (-len(data) % 4))
     return out.getvalue()
-
-
-def counters(log: Path) -> list[int]:
-    """The counter values the tiny VM printed into serial log `log`, in order."""
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]
