@@ -309,3 +309,57 @@ def test_abandoned_part_sets_are_evicted():
     assert len(r._sets) == 2
     with pytest.raises(FrameError):
         r.add(b"MYCPART1" + b"\0" * 3)
+
+
+def test_backup_killed_mid_stream_resumes_or_resyncs(tmp_path):
+    """The backup dies while frame 3 is on its way (the primary sees a transport error)
+    and comes back from its files: it holds 2; the primary sends 4 full. A backup that
+    restarted between two frames unnoticed takes the next incremental from its files."""
+    from agent.errors import PeerError
+    from agent.node.vm.replica import ReplicaStore
+
+    rnd = random.Random(3)
+    backup = {"store": ReplicaStore(tmp_path, "v"), "up": True}
+
+    async def send(addr: str, name: str, data: bytes) -> int:
+        if not backup["up"]:
+            raise PeerError("connection reset")
+        try:
+            backup["store"].offer(data)
+        except FrameError:
+            return 409
+        return 200
+
+    def fresh(prev: Snapshot | None) -> Snapshot:
+        s = snap({}, npages=16)
+        if prev is not None:
+            s.image[:] = prev.image
+        s.image[rnd.randrange(16) * P:][:P] = rnd.randbytes(P)
+        return s
+
+    async def go() -> list[Snapshot]:
+        rep = Replicator("v", 1.0, tmp_path, lambda: None, lambda: ["b"], send)
+        snaps: list[Snapshot] = []
+
+        async def ship(up: bool = True) -> None:
+            backup["up"] = up
+            snaps.append(fresh(snaps[-1] if snaps else None))
+            await rep.ship(snaps[-1], ["b"])
+            while rep._boxes["b"].frames:
+                await asyncio.sleep(0.01)
+
+        await ship()
+        await ship()
+        await ship(up=False)  # 3 lost with the backup
+        backup["store"] = ReplicaStore(tmp_path, "v")  # restarted from its files
+        assert backup["store"].held.seq == 2
+        await ship()  # 4: full, since 3 failed
+        assert rep.last["full"] and backup["store"].held.seq == 4
+        backup["store"] = ReplicaStore(tmp_path, "v")  # restarted, unnoticed
+        await ship()  # 5: incremental on 4, taken from the files
+        assert not rep.last["full"] and backup["store"].held.seq == 5
+        rep.stop()
+        return snaps
+
+    snaps = asyncio.run(go())
+    assert backup["store"].snap.image == snaps[-1].image
