@@ -10,6 +10,7 @@ Run: .venv/bin/python -m pytest -m bench -s tests/bench/bench_ramrep.py"""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import time
@@ -22,14 +23,16 @@ from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.replicator import background_snapshot
 from agent.node.vm.stream import parse, to_stream
 from support.checkpoints import counters
-from support.tinyvm import tiny_vm
+from support.tinyvm import BUSYBOX, TinyVM, newc, tiny_vm
 
 pytestmark = pytest.mark.bench
 
 
 def argv(d: Path, tag: str, mem: int, shared: Path | None = None,
-         incoming: str | None = None) -> list[str]:
+         incoming: str | None = None, initrd: Path | None = None) -> list[str]:
     vm = tiny_vm()
+    if initrd is not None:
+        vm = TinyVM(vm.kernel, initrd)
     a = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", "1", "-m", str(mem),
          "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
          "-qmp", f"unix:{d}/{tag}.qmp,server=on,wait=off", "-serial", f"file:{d}/{tag}.log",
@@ -205,3 +208,79 @@ def test_bench_parallel_connections(start_cluster):
         return out
 
     print("\n" + "\n".join(asyncio.run(go())))
+
+
+WORK_INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /dev
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+n=0
+while true; do
+  i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done
+  n=$((n+1)); echo "work $n"
+done
+"""
+
+
+def work_done(log: Path) -> int:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return sum(1 for x in text.splitlines() if x.startswith("work "))
+
+
+async def rate(log: Path, seconds: float) -> float:
+    n0, t0 = work_done(log), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (work_done(log) - n0) / (time.monotonic() - t0)
+
+
+def test_bench_guest_slowdown(tmp_path):
+    """A guest doing fixed units of CPU work (a shell loop), 256 MiB, TCG: units per
+    second without replication, with a checkpoint every second shipped to a backup store
+    in the same host, and without again (the machine's load drifts). BENCH_INTERVAL_S sets
+the interval (default 1), BENCH_WINDOW_S the windows (default 20)."""
+    import gzip
+
+    from agent.node.vm.replica import ReplicaStore
+    from agent.node.vm.replicator import Replicator
+
+    initrd = tmp_path / "work.gz"
+    initrd.write_bytes(gzip.compress(newc({"init": (WORK_INIT.encode(), 0o755),
+                                           "bin/busybox": (BUSYBOX.read_bytes(), 0o755)})))
+    store = ReplicaStore(tmp_path / "replicas", "w")
+    window = float(os.environ.get("BENCH_WINDOW_S", "20"))
+    interval = float(os.environ.get("BENCH_INTERVAL_S", "1"))
+
+    async def send(addr: str, name: str, frame: bytes) -> int:
+        await asyncio.to_thread(store.offer, frame)
+        return 200
+
+    async def go() -> str:
+        p, q = await start(tmp_path, "w", 256, initrd=initrd)
+        log = tmp_path / "w.log"
+        try:
+            t0 = time.monotonic()
+            while work_done(log) < 3:
+                assert time.monotonic() - t0 < 180, "the work guest did not start"
+                await asyncio.sleep(0.5)
+            before = await rate(log, window)
+            rep = Replicator("w", interval, tmp_path, lambda: q, lambda: ["b"], send)
+            rep.start()
+            during = await rate(log, window)
+            rep.stop()
+            seq, last = rep.seq, rep.last
+            await asyncio.sleep(2)
+            after = await rate(log, window)
+        finally:
+            p.kill()
+            p.wait()
+        base = (before + after) / 2
+        return (f"  256 MiB guest, {window:g} s windows: {before:.2f} / {during:.2f} / "
+                f"{after:.2f} work units per s without / with / without replication "
+                f"({seq} checkpoints at {interval:g} s, last dirtied "
+                f"{(last.get('dirtied_bytes') or 0) >> 10} KiB, sent "
+                f"{last.get('wire_bytes', 0) >> 10} KiB): slowdown "
+                f"{(1 - during / base) * 100:.0f} % (target under 15 %)")
+
+    print("\n" + asyncio.run(go()))
