@@ -80,6 +80,19 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
         first = await wait_until(lambda: counters(blog), 60, "the counter on the backup")
         took = time.monotonic() - t0
         assert backup.boot == f"resumed from checkpoint {store.held.seq}"
+        # the resumed VM is a primary like any other: its own checkpoints seed a new backup
+        await wait_until(lambda: backup.qmp, 30, "QMP on the resumed VM")
+        again = ReplicaStore(tmp_path / "replicas2", "tiny")
+
+        async def send2(addr: str, name: str, frame: bytes) -> int:
+            await asyncio.to_thread(again.offer, frame)
+            return 200
+
+        rep2 = Replicator("tiny", INTERVAL, backup.paths.dir, lambda: backup.qmp,
+                          lambda: ["backup2"], send2)
+        assert await rep2.once()
+        await wait_until(lambda: again.held is not None, 30, "a full checkpoint on backup 2")
+        rep2.stop()
         await backup.stop()
         return at_last, took, first[0]
 
