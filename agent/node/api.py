@@ -54,10 +54,11 @@ class NodeHost(Protocol):
     def vm_status(self) -> list[dict[str, Any]]: ...
     def vm_backups(self) -> list[dict[str, Any]]: ...
 
-    async def offer_checkpoint(self, name: str, frame: bytes) -> int | None:
-        """A checkpoint of VM `name` from its primary: the sequence now held, or None for
-        a part of a split frame kept until the rest comes. LookupError if this node is not
-        its backup, FrameError if the frame is refused."""
+    async def offer_checkpoint(self, name: str, frame: bytes, by: str) -> int | None:
+        """A checkpoint of VM `name` from node `by`: the sequence now held, or None for
+        a part of a split frame kept until the rest comes. TrustError unless `by` is the
+        VM's primary, LookupError if this node is not its backup, FrameError if the frame
+        is refused."""
 
     def vm_paths(self, name: str) -> VmPaths | None:
         """Where VM `name` keeps its serial socket and log, or None if it is not here."""
@@ -161,9 +162,16 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
 
     async def checkpoint(request: web.Request) -> web.Response:
         """A VM checkpoint frame (agent/node/vm/checkpoint.py) from the VM's primary."""
+        try:
+            by = _node_peer(request)
+        except TrustError:
+            return web.json_response({"error": "only a node certificate may send a VM "
+                                      "checkpoint"}, status=403)
         data = await read_body(request, CHECKPOINT_MAX, CHECKPOINT_DEADLINE)
         try:
-            seq = await agent.offer_checkpoint(request.match_info["name"], data)
+            seq = await agent.offer_checkpoint(request.match_info["name"], data, by)
+        except TrustError as e:
+            return web.json_response({"error": str(e)}, status=403)
         except LookupError as e:
             return web.json_response({"error": str(e)}, status=404)
         except FrameError as e:

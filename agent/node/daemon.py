@@ -530,7 +530,11 @@ class Agent:
                         reply.body[:200].decode(errors="replace"))
         return reply.status
 
-    async def offer_checkpoint(self, name: str, frame: bytes) -> int | None:
+    async def offer_checkpoint(self, name: str, frame: bytes, by: str) -> int | None:
+        share = self.held.shares().get(by)
+        if share is None or name not in share.endophytes_primary:
+            raise TrustError(f"node {by} is not the primary of VM {name} in the placement "
+                             "held here")
         held = await asyncio.to_thread(self.vms.offer, name, frame)
         return None if held is None else held.seq
 
