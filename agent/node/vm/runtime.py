@@ -22,6 +22,7 @@ stopping; its VMs would be orphans otherwise).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,8 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replication, Replicator, Send
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor, systemd_scopes
+
+log = logging.getLogger("mycelium.vm")
 
 SUMMARY_MAX = 16  # VMs named in the gossip meta
 RESUME_MAX_AGE_S = 600.0  # a checkpoint on disk older than this is not resumed from
@@ -53,6 +56,7 @@ class VmRuntime:
         self.replica_root = data_dir / "vm-replicas"
         self.send, self.targets = send, targets
         self.replicas: dict[str, ReplicaStore] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
         self.replicators: dict[str, Replicator] = {}
         self._caps: dict[str, CpuLimit] = {}  # the CPU caps replication made, per VM
         self.cache = data_dir / "vm-images"
@@ -68,7 +72,8 @@ class VmRuntime:
     async def __aexit__(self, *exc: object) -> None:
         self.apply({})
         self._closed = True
-        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+        await asyncio.gather(*self._stopping.values(), *self._loading.values(),
+                             return_exceptions=True)
 
     def paths(self, name: str) -> VmPaths:
         return VmPaths(self.root / name)
@@ -94,8 +99,22 @@ class VmRuntime:
             self._replicate(name, replicate.get(name))
         for name in set(self.replicas) - backups:
             del self.replicas[name]  # its files stay: a move here resumes from them
-        for name in backups - set(self.replicas) - set(wanted):
-            self.replicas[name] = ReplicaStore(self.replica_root, name)
+        for name in backups - set(self.replicas) - set(self._loading) - set(wanted):
+            self._loading[name] = asyncio.create_task(self._load_replica(name))
+
+    async def _load_replica(self, name: str) -> None:
+        """A backup's store, read from its files off the event loop (a chain of frames
+        to verify and apply: a second or more); checkpoints offered meanwhile get 404
+        and the primary sends a full one next time."""
+        try:
+            store = await asyncio.to_thread(ReplicaStore, self.replica_root, name)
+        except OSError as e:  # tried again at the next apply
+            log.warning("vm %s: cannot keep its checkpoints here: %s", name, e)
+            return
+        finally:
+            del self._loading[name]
+        if not self._closed:
+            self.replicas[name] = store
 
     def _resumer(self, name: str, store: ReplicaStore | None) -> Callable[[Path], int | None]:
         def resume(path: Path) -> int | None:
