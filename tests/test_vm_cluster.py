@@ -26,9 +26,11 @@ from support.tinyvm import COUNTER, PAGE, tiny_vm
 # so the VM's primary is n2 and its backup n1. Killing n2 leaves the leader alive to
 # move the VM (a single sclerotium that dies takes the Primary with it); with a target of
 # one sclerotium n2 is not promoted, so the Raft group keeps its quorum without it.
+# RAM replication off: this test is the cold path (tests/test_ramrep_cluster.py the other).
 YAML = """\
 schema: 1
 network: {{name: local}}
+components: {{ram_replication: false}}
 spores: {{primary: {{target_sclerotia: 1}}}}
 services:
   endomycetes:

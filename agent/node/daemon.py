@@ -64,6 +64,7 @@ from agent.node.events import STORAGE, EventLog, RepeatFilter
 from agent.node.held import HeldState
 from agent.node.reconcile import Reconciler
 from agent.node.seed import SeedLog
+from agent.node.vm.replicator import backed_up_vms, replicated_vms
 from agent.node.vm.runtime import VmRuntime
 from agent.node.vm.spec import VmPaths, wanted_vms
 from agent.raft.membership import raft_addr
@@ -178,7 +179,8 @@ class Agent:
         self.primary_members: tuple[str, ...] = ()  # the registry, as last fetched
         self.reconciler: Reconciler | None = None
         self.vms = VmRuntime(node.path, stop_deadline=opts.vm_stop_deadline,
-                             on_change=self._on_vm_change)
+                             on_change=self._on_vm_change, send=self._send_checkpoint,
+                             targets=self._vm_backup_addrs)
         self._vm_states: dict[str, str] = {}
         self.backbone: Backbone | None = None
         self._fetching: asyncio.Task | None = None
@@ -511,7 +513,34 @@ class Agent:
 
     def sync_vms(self) -> None:
         """Start and stop VMs to match this node's share now (idempotent, cheap)."""
-        self.vms.apply(wanted_vms(self.state, self.held.share()))
+        share = self.held.share()
+        self.vms.apply(wanted_vms(self.state, share), backed_up_vms(self.state, share),
+                       replicated_vms(self.state, share))
+
+    def _vm_backup_addrs(self, name: str) -> list[str]:
+        """API addresses of the live nodes placed as backups of VM `name`."""
+        nodes = {n for n, s in self.held.shares().items()
+                 if name in s.endophytes_backup and n != self.identity.name}
+        return [m.addr for m in self.members() if m.name in nodes and m.alive]
+
+    async def _send_checkpoint(self, addr: str, name: str, frame: bytes) -> int:
+        reply = await self.peers.request("POST", f"https://{addr}{api.API}/vms/{name}/checkpoint",
+                                         data=frame, timeout=api.CHECKPOINT_DEADLINE)
+        if reply.status != 200:
+            log.warning("vm %s: checkpoint to %s: %s %s", name, addr, reply.status,
+                        reply.body[:200].decode(errors="replace"))
+        return reply.status
+
+    async def offer_checkpoint(self, name: str, frame: bytes, by: str) -> int | None:
+        share = self.held.shares().get(by)
+        if share is None or name not in share.endophytes_primary:
+            raise TrustError(f"node {by} is not the primary of VM {name} in the placement "
+                             "held here")
+        held = await asyncio.to_thread(self.vms.offer, name, frame)
+        return None if held is None else held.seq
+
+    def vm_backups(self) -> list[dict[str, Any]]:
+        return self.vms.backup_status()
 
     async def _watch_vms(self) -> None:
         """Catch what no event announced (a placement computed from gossip changing as
