@@ -242,7 +242,7 @@ def test_qemu_exiting_at_once_is_backed_off_then_failed(tmp_path):
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # backed off, doubling
 
 
-def test_plan_loads_the_vm_runtime_only_where_a_vm_is_primary():
+def test_plan_loads_the_vm_runtime_where_a_vm_is_primary_or_a_replicated_backup():
     from dataclasses import replace
 
     from agent.desired.model import Components, DesiredState, NodeShare
@@ -255,9 +255,11 @@ def test_plan_loads_the_vm_runtime_only_where_a_vm_is_primary():
     p = plan_node(state, 1, "a", primary)
     assert "vm" in p.components and p.vm_runtime is not None and not p.waiting
     assert plan_from_dict(p.to_dict()) == p  # the apply subprocess gets the same plan
-    b = plan_node(state, 1, "b", backup)
-    assert "vm" not in b.components and b.vm_runtime is None
-    assert any(w.startswith("ram-replication:") for w in b.waiting)
+    b = plan_node(state, 1, "b", backup)  # QEMU ready for a failover that resumes
+    assert "vm" in b.components and b.vm_runtime is not None and not b.waiting
+    cold = replace(state, components=Components(ram_replication=False))
+    b = plan_node(cold, 1, "b", backup)  # nothing to resume: nothing to install
+    assert "vm" not in b.components and b.vm_runtime is None and not b.waiting
     assert set(wanted_vms(state, primary)) == {"db"} and wanted_vms(state, backup) == {}
     off = replace(state, components=Components(vm_runtime=False))
     assert wanted_vms(off, primary) == {}

@@ -110,12 +110,12 @@ def plan_node(state: DesiredState, version: int, node_name: str, share: NodeShar
     if share.endophytes_primary and not state.components.vm_runtime:
         waiting.append("vm-runtime: endophytes are placed here but components.vm_runtime "
                        "is false")
-    elif share.endophytes_primary:
-        components.append("vm")  # QEMU installed here; the agent supervises the VMs
+    elif share.endophytes_primary or (share.endophytes_backup and
+                                      state.components.ram_replication):
+        # QEMU installed here; the agent supervises the VMs. A backup of replicated VMs
+        # gets it too, so a failover resumes at once instead of waiting for packages.
+        components.append("vm")
         vm_runtime = VmRuntimeParams()
-    if share.endophytes_backup:
-        waiting.append("ram-replication: backups are placed here; memory replication is "
-                       "not built yet (a moved VM cold-boots from its image)")
     return NodePlan(node_name, share.role, version, tuple(components),
                     BaseParams(node_name, state.users), settings.agent, k3s, containers,
                     tuple(waiting), asdict(share), vm_runtime)
