@@ -65,6 +65,36 @@ def test_stable_and_backup_promoted_when_primary_dies():
     assert len(moved) == 2 and set(web) - {primary} <= set(moved)
 
 
+def test_the_backup_with_the_newest_checkpoint_takes_over():
+    """Issue 15: a dead primary's VM resumes on the backup whose checkpoint is newest (it
+    loses the least), not on the first by name; either way the other stays a backup."""
+    state = DesiredState("n", endophytes=(Endophyte("vm", "i", backups=2),))
+    first = place(state, [R1, R2, R3])
+    primary = next(n for n in first if first[n].endophytes_primary)
+    b1, b2 = sorted(n for n in first if first[n].endophytes_backup)
+    for newest, older in ((b2, b1), (b1, b2)):
+        live = [replace(m, checkpoints={"vm": 200.0 if m.name == newest else 100.0})
+                for m in (R1, R2, R3) if m.name != primary]
+        after = place(state, live, first, version=2)
+        assert after[newest].endophytes_primary == ("vm",), (newest, after)
+        assert after[older].endophytes_backup == ("vm",)
+    no_news = place(state, [m for m in (R1, R2, R3) if m.name != primary], first, version=2)
+    assert no_news[b1].endophytes_primary == ("vm",)  # no checkpoints known: by name
+
+
+def test_live_members_carry_the_checkpoints_they_gossip():
+    from agent.gossip.member import MemberView, PeerMeta
+    from agent.node.decisions import member_checkpoints
+
+    rows = [MemberView("n3", "127.0.0.1:1", "alive",
+                       meta=PeerMeta(status={"ckpt": {"vm": 12.5, "bad": "x", "b": True}})),
+            MemberView("n2", "127.0.0.1:2", "alive", meta=PeerMeta(status={"ckpt": "junk"}))]
+    ckpt = member_checkpoints(rows)
+    assert ckpt == {"n3": {"vm": 12.5}}
+    live = {m.name: m for m in live_members(NGINX3, SEEN3, ckpt)}
+    assert live["n3"].checkpoints == {"vm": 12.5} and live["n1"].checkpoints == {}
+
+
 # --- joined nodes, runtime default, what could not be placed (issue 12) ----------------
 
 NGINX3 = DesiredState("n", endomycetes=(Endomycete("nginx", "nginx", replicas=3),))

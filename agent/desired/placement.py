@@ -35,6 +35,9 @@ class LiveMember:
     runtime: str = "k3s"
     runtime_reason: str = ""
     memory_mb: int | None = None  # what it has for VMs (nodes[].memory_mb); None: unknown
+    # VM -> when the newest checkpoint it holds as that VM's backup arrived (wall clock,
+    # from its gossip meta): a dead primary's VM resumes on the backup with the newest
+    checkpoints: dict[str, float] = field(default_factory=dict)
 
 
 Placement = dict[str, NodeShare]
@@ -51,10 +54,13 @@ def runtime_for(state: DesiredState, name: str) -> tuple[Runtime, str]:
     return "podman", "no components.k3s"
 
 
-def live_members(state: DesiredState, seen: dict[str, tuple[str, str]]) -> list[LiveMember]:
+def live_members(state: DesiredState, seen: dict[str, tuple[str, str]],
+                 checkpoints: dict[str, dict[str, float]] | None = None) -> list[LiveMember]:
     """Members to place on: every member seen alive, as name -> (role, host). The role is
     the member's own (from its certificate); a `nodes:` entry of that name adds labels and
-    a runtime, and its role is used only when the member reported none."""
+    a runtime, and its role is used only when the member reported none. `checkpoints`:
+    name -> the VM checkpoints it holds as a backup (LiveMember.checkpoints)."""
+    checkpoints = checkpoints or {}
     out = []
     for name in sorted(seen):
         role, host = seen[name]
@@ -62,7 +68,8 @@ def live_members(state: DesiredState, seen: dict[str, tuple[str, str]]) -> list[
         runtime, why = runtime_for(state, name)
         out.append(LiveMember(name, role or (node.role if node else "rhizomorph"), host,
                               dict(node.labels) if node else {}, runtime, why,
-                              node.memory_mb if node else None))
+                              node.memory_mb if node else None,
+                              dict(checkpoints.get(name, {}))))
     return out
 
 
@@ -129,10 +136,14 @@ def _place_vms(state: DesiredState, workers: list[LiveMember], previous: Placeme
     hosts: dict[str, list[str]] = {}
     for vm in state.endophytes:  # first what stays: the previous primary, then backups
         names = {m.name for m in workers if _matches(m, vm.labels)}
+        newest = {m.name: m.checkpoints.get(vm.name, 0.0) for m in workers}
         prev = ([n for n, s in sorted(previous.items()) if vm.name in s.endophytes_primary]
-                + [n for n, s in sorted(previous.items()) if vm.name in s.endophytes_backup])
+                + sorted((n for n, s in previous.items() if vm.name in s.endophytes_backup),
+                         key=lambda n: (-newest.get(n, 0.0), n)))
         hosts[vm.name] = []
-        for n in dict.fromkeys(prev):  # a surviving backup is promoted: it holds the memory
+        # a surviving backup is promoted, the one with the newest checkpoint first: it holds
+        # the memory
+        for n in dict.fromkeys(prev):
             if n in names and len(hosts[vm.name]) < 1 + vm.backups and _fits(free, n, vm):
                 _reserve(free, load, n, vm)
                 hosts[vm.name].append(n)

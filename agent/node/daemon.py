@@ -473,8 +473,8 @@ class Agent:
 
     def apply_status(self) -> dict[str, Any]:
         summary = self.reconciler.summary() if self.reconciler else self.status
-        vms = self.vms.summary()
-        return {**summary, "vms": vms} if vms else summary
+        vms, ckpt = self.vms.summary(), self.vms.checkpoints()
+        return {**summary, **({"vms": vms} if vms else {}), **({"ckpt": ckpt} if ckpt else {})}
 
     # --- authority --------------------------------------------------------------------
 

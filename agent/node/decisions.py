@@ -105,6 +105,18 @@ def placement_seen(members: Iterable[MemberView], name: str, role: str,
     return seen
 
 
+def member_checkpoints(members: Iterable[MemberView]) -> dict[str, dict[str, float]]:
+    """name -> {VM: when its newest checkpoint arrived} from each member's gossiped apply
+    status (`ckpt`, agent/node/vm/runtime.py); malformed entries are skipped."""
+    out: dict[str, dict[str, float]] = {}
+    for m in members:
+        ckpt = m.meta.status.get("ckpt")
+        if isinstance(ckpt, dict):
+            out[m.name] = {str(k): float(v) for k, v in ckpt.items()
+                           if isinstance(v, int | float) and not isinstance(v, bool)}
+    return out
+
+
 def committed_share(placement: dict[str, NodeShare], version: int, name: str,
                     role: str) -> NodeShare:
     """This node's share of a committed placement. A node the leader left out (not live in

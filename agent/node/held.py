@@ -32,7 +32,7 @@ from agent.desired.schema import parse_state
 from agent.errors import DataError, MyceliumError, StorageError
 from agent.gossip.member import MemberView
 from agent.node.datadir import NodeDir, NodeIdentity
-from agent.node.decisions import committed_share, placement_seen
+from agent.node.decisions import committed_share, member_checkpoints, placement_seen
 from agent.node.events import STORAGE, EventLog
 from agent.raft.secrets import k3s_token
 from agent.trust.envelope import Envelope
@@ -166,8 +166,10 @@ class HeldState:
         if self.state is None:
             return []
         ident = self.identity
-        return live_members(self.state, placement_seen(self.members(), ident.name,
-                                                       ident.role, ident.listen))
+        members = self.members()
+        return live_members(self.state, placement_seen(members, ident.name, ident.role,
+                                                       ident.listen),
+                            member_checkpoints(members))
 
     def share(self) -> NodeShare | None:
         if self.state is None:

@@ -196,6 +196,12 @@ class VmRuntime:
         """The checkpoints this node holds as a backup, one record per VM."""
         return [self.replicas[n].status() for n in sorted(self.replicas)]
 
+    def checkpoints(self) -> dict[str, float]:
+        """VM -> when the newest checkpoint held here as its backup arrived (wall clock):
+        gossiped, so the leader resumes a dead primary's VM on the newest backup."""
+        return {n: round(s.taken_at, 1) for n, s in self.replicas.items()
+                if s.taken_at is not None}
+
     def summary(self) -> dict[str, str]:
         """name -> state, small enough for every gossip message: past SUMMARY_MAX VMs,
         the first ones and a count of the rest (the API has them all)."""
