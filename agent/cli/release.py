@@ -1,0 +1,62 @@
+"""`mycelium release create|show|add`: make, inspect and seed release artifacts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="make, inspect and seed agent releases")
+    rs = p.add_subparsers(dest="release_command", metavar="ACTION", required=True)
+    c = rs.add_parser("create", help="pack the agent and its dependency wheels into one "
+                      "content-addressed artifact; prints its sha256")
+    c.add_argument("--out", default="dist", metavar="DIR", help="where the .tar goes (dist)")
+    c.add_argument("--wheelhouse", metavar="DIR", help="use these wheels (e.g. the image "
+                   "build's) instead of running pip wheel")
+    c.add_argument("--source", metavar="DIR", help="checkout to build the agent wheel from")
+    c.set_defaults(func=cmd_create)
+    s = rs.add_parser("show", help="check an artifact and print its manifest")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_show)
+    a = rs.add_parser("add", help="check an artifact and put it into a node's data dir, "
+                      "which then serves it to its peers")
+    a.add_argument("file")
+    a.add_argument("--data-dir", required=True)
+    a.set_defaults(func=cmd_add)
+
+
+def _describe(sha: str, m) -> str:
+    return (f"release {m.name} {m.version}: {len(m.files)} wheels, python "
+            f"{','.join(m.python)}, architectures {','.join(m.architectures)}\n"
+            f"network.yaml:\n  release: {{version: {m.version}, sha256: {sha}}}")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from agent.authoring.release import SOURCE, create_release
+
+    path, sha, m = create_release(Path(args.out),
+                                  Path(args.wheelhouse) if args.wheelhouse else None,
+                                  Path(args.source) if args.source else SOURCE)
+    print(f"wrote {path}\n{_describe(sha, m)}")
+    print(sha)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from agent.node.releases import file_sha256, read_manifest
+    from agent.trust.encoding import dump_json
+
+    m = read_manifest(Path(args.file))
+    print(dump_json(m.to_dict()).decode(), end="")
+    print(_describe(file_sha256(Path(args.file)), m))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from agent.node.datadir import NodeDir
+    from agent.node.releases import ReleaseStore
+
+    sha, m = ReleaseStore(NodeDir(Path(args.data_dir)).path / "releases").add(Path(args.file))
+    print(f"{args.data_dir} holds release {m.version} ({sha})")
+    return 0
