@@ -171,3 +171,52 @@ def test_cli_create_from_a_wheelhouse_prints_the_sha(wheelhouse: Path, tmp_path:
     shown = subprocess.run([sys.executable, "-m", "agent.cli", "release", "show", str(tar)],
                            capture_output=True, text=True, check=True).stdout
     assert '"version": "0.2.0"' in shown
+
+
+# --- network.yaml `release:` ---------------------------------------------------------
+
+REL = "schema: 1\nnetwork: {name: home}\nrelease:\n  version: 0.2.0\n  sha256: %s\n"
+
+
+def test_release_in_network_yaml():
+    from agent.desired.model import Release
+    from agent.desired.schema import parse_state
+
+    s = parse_state((REL % SHA + "  url: https://example.org/r.tar\n").encode())
+    assert s.release == Release("0.2.0", SHA, "https://example.org/r.tar")
+    assert parse_state(b"schema: 1\nnetwork: {name: home}\n").release is None
+
+
+@pytest.mark.parametrize("text, message", [
+    (REL % ("A" * 64), "n.yaml:5:11: release.sha256 must be 64 lower-case hex digits"),
+    (REL % "abc", "n.yaml:5:11: release.sha256 must be 64 lower-case hex digits"),
+    (REL % SHA + "  url: ftp://x\n", "n.yaml:6:8: release.url must be an http(s) URL"),
+    ("schema: 1\nnetwork: {name: home}\nrelease: {sha256: %s}\n" % SHA,
+     "n.yaml:3:10: release is missing required key 'version'"),
+    (REL % SHA + "  sha: 1\n", "n.yaml:6:3: unknown key 'sha' in release; did you mean"),
+])
+def test_bad_release_refused_with_line_and_column(text, message):
+    from agent.desired.schema import parse_state
+    from agent.errors import SchemaError
+
+    with pytest.raises(SchemaError) as e:
+        parse_state(text.encode(), "n.yaml")
+    assert any(p.startswith(message) for p in e.value.problems), e.value.problems
+
+
+def test_the_root_signature_covers_the_release(tmp_path: Path):
+    import base64
+    import json
+
+    from agent.authoring.identity import init_network, sign_state
+    from agent.errors import TrustError
+    from agent.trust.rules import verify_envelope
+    from agent.trust.signed import now_utc
+
+    net = init_network(tmp_path / "net", "home")
+    _, env = sign_state(net, (REL % SHA).encode(), 1)
+    assert verify_envelope(env, net.root(), 0, now_utc()).payload == (REL % SHA).encode()
+    doc = json.loads(env)  # another artifact named in the same signed envelope
+    doc["signed"]["payload"] = base64.b64encode((REL % ("b" * 64)).encode()).decode()
+    with pytest.raises(TrustError):
+        verify_envelope(json.dumps(doc).encode(), net.root(), 0, now_utc())

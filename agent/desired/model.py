@@ -119,6 +119,15 @@ class Endophyte:
 
 
 @dataclass(frozen=True)
+class Release:
+    """The agent release every node should run: a content-addressed artifact."""
+
+    version: str  # the mycelium wheel's version inside it
+    sha256: str  # of the whole artifact (what `mycelium release create` prints)
+    url: str = ""  # http(s) URL or path; used only when no peer holds it
+
+
+@dataclass(frozen=True)
 class DesiredState:
     network: str
     nodes: tuple[Node, ...] = ()
@@ -128,6 +137,7 @@ class DesiredState:
     endomycetes: tuple[Endomycete, ...] = ()
     endophytes: tuple[Endophyte, ...] = ()
     revoked: tuple[str, ...] = ()  # SHA-256 fingerprints of revoked node certificates
+    release: Release | None = None  # None: nodes keep the agent they run
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
