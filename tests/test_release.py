@@ -191,7 +191,7 @@ def test_release_in_network_yaml():
     (REL % ("A" * 64), "n.yaml:5:11: release.sha256 must be 64 lower-case hex digits"),
     (REL % "abc", "n.yaml:5:11: release.sha256 must be 64 lower-case hex digits"),
     (REL % SHA + "  url: ftp://x\n", "n.yaml:6:8: release.url must be an http(s) URL"),
-    ("schema: 1\nnetwork: {name: home}\nrelease: {sha256: %s}\n" % SHA,
+    (f"schema: 1\nnetwork: {{name: home}}\nrelease: {{sha256: {SHA}}}\n",
      "n.yaml:3:10: release is missing required key 'version'"),
     (REL % SHA + "  sha: 1\n", "n.yaml:6:3: unknown key 'sha' in release; did you mean"),
 ])
