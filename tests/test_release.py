@@ -220,3 +220,51 @@ def test_the_root_signature_covers_the_release(tmp_path: Path):
     doc["signed"]["payload"] = base64.b64encode((REL % ("b" * 64)).encode()).decode()
     with pytest.raises(TrustError):
         verify_envelope(json.dumps(doc).encode(), net.root(), 0, now_utc())
+
+
+# --- fetching: a url when no peer holds it, a wrong copy refused ---------------------
+
+def test_fetch_from_url_refuses_a_wrong_copy_then_takes_a_good_one(wheelhouse, tmp_path):
+    import asyncio
+
+    from aiohttp import web
+
+    from agent.client import PeerClient
+    from agent.desired.model import Release
+    from agent.errors import TransportError
+    from agent.node.events import EventLog
+    from agent.node.updater import fetch_release
+
+    path, sha, m = pack(wheelhouse, tmp_path / "a")
+    good = path.read_bytes()
+    serve = {"body": good[:-1] + b"\x01"}
+    hits = []
+
+    async def handler(_: web.Request) -> web.Response:
+        hits.append(1)
+        return web.Response(body=serve["body"])
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/r.tar", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        want = Release("0.2.0", sha, f"http://127.0.0.1:{port}/r.tar")
+        store, events = ReleaseStore(tmp_path / "releases"), EventLog()
+        try:
+            async with PeerClient() as peers:
+                with pytest.raises(TransportError, match="no source gave it"):
+                    await fetch_release(want, ["127.0.0.1:1"], store, peers, events, "n1")
+                assert store.held() == [] and list(store.path.iterdir()) == []
+                assert "refused release 0.2.0 from http://" in events.recent(5)[-1]["message"]
+                serve["body"] = good
+                got, source = await fetch_release(want, [], store, peers, events, "n1")
+                assert (got, source, store.held()) == (m, want.url, [sha])
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
+    assert len(hits) == 2

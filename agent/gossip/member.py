@@ -54,6 +54,26 @@ class RaftMeta:
 
 
 @dataclass(frozen=True)
+class ReleaseMeta:
+    """The agent release a node runs and the artifacts it holds (and serves to peers)."""
+
+    running: str = ""  # sha256 of the release it runs; "" for the agent it was built with
+    version: str = ""  # the agent version it runs
+    held: tuple[str, ...] = ()  # sha256 of the artifacts it serves
+
+    @classmethod
+    def from_wire(cls, v: Any) -> ReleaseMeta:
+        d = _obj(v)
+        held = d.get("held")
+        return cls(_str(d.get("run")), _str(d.get("v")),
+                   tuple(h for h in held[:8] if isinstance(h, str))
+                   if isinstance(held, list) else ())
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"run": self.running, "v": self.version, "held": list(self.held)}
+
+
+@dataclass(frozen=True)
 class PeerMeta:
     """What a node says about itself in gossip: role, held state, apply status, Raft."""
 
@@ -64,19 +84,21 @@ class PeerMeta:
     fp: str = ""  # its certificate's fingerprint
     pv: int = 0  # the placement version it acts on
     raft: RaftMeta = RaftMeta()
+    release: ReleaseMeta = ReleaseMeta()
 
     @classmethod
     def from_wire(cls, v: Any) -> PeerMeta:
         d = _obj(v)
         return cls(_str(d.get("role")), count(d.get("version")), _str(d.get("sha256")),
                    _obj(d.get("status")), _str(d.get("fp")), count(d.get("pv")),
-                   RaftMeta.from_wire(d.get("raft")))
+                   RaftMeta.from_wire(d.get("raft")), ReleaseMeta.from_wire(d.get("rel")))
 
     def to_wire(self) -> dict[str, Any]:
         raft = self.raft.to_wire()
+        rel = self.release.to_wire() if self.release != ReleaseMeta() else {}
         return {"role": self.role, "version": self.version, "sha256": self.sha256,
                 "status": self.status, "fp": self.fp, "pv": self.pv,
-                **({"raft": raft} if raft else {})}
+                **({"raft": raft} if raft else {}), **({"rel": rel} if rel else {})}
 
     @property
     def apply_status(self) -> str:
@@ -116,7 +138,8 @@ class MemberView:
         return {"name": self.name, "addr": self.addr, "state": self.state,
                 "incarnation": self.incarnation, "role": m.role or None,
                 "version": m.version, "sha256": m.sha256, "status": m.status,
-                "raft": m.raft.to_wire(), "fp": m.fp, "pv": m.pv, "last_seen": self.last_seen}
+                "raft": m.raft.to_wire(), "fp": m.fp, "pv": m.pv, "last_seen": self.last_seen,
+                **({"rel": m.release.to_wire()} if m.release != ReleaseMeta() else {})}
 
     @property
     def alive(self) -> bool:

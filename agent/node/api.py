@@ -12,6 +12,7 @@ in a test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -49,6 +50,9 @@ class NodeHost(Protocol):
     def share_info(self) -> dict[str, Any]: ...
     def k3s_token_local(self) -> str | None: ...
     def vm_status(self) -> list[dict[str, Any]]: ...
+
+    def release_file(self, sha256: str) -> Path | None:
+        """The release artifact this node holds under that SHA-256, or None."""
 
     def vm_paths(self, name: str) -> VmPaths | None:
         """Where VM `name` keeps its serial socket and log, or None if it is not here."""
@@ -171,7 +175,17 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
     async def vm_console(request: web.Request) -> web.StreamResponse:
         return await console(request, _vm(request))
 
+    async def release(request: web.Request) -> web.StreamResponse:
+        """A release artifact, to peers and the operator (mutual TLS, as every route);
+        the fetcher hashes it, so the bytes need no other trust."""
+        path = agent.release_file(request.match_info["sha256"])
+        if path is None:
+            return web.json_response({"error": f"{agent.identity.name} holds no such "
+                                      "release"}, status=404)
+        return web.FileResponse(path, headers={"Content-Type": "application/x-tar"})
+
     return [
+        web.get(f"{API}/release/{{sha256}}", release),
         web.get(f"{API}/vms", vms),
         web.get(f"{API}/vms/{{name}}/serial", serial),
         web.get(f"{API}/vms/{{name}}/console", vm_console),

@@ -63,7 +63,10 @@ from agent.node.enrol import (
 from agent.node.events import STORAGE, EventLog, RepeatFilter
 from agent.node.held import HeldState
 from agent.node.reconcile import Reconciler
+from agent.node.releases import ReleaseStore
 from agent.node.seed import SeedLog
+from agent.node.selfupdate import HEALTH, RESTART_EXIT, Health, running_release, write_health
+from agent.node.updater import Updater
 from agent.node.vm.runtime import VmRuntime
 from agent.node.vm.spec import VmPaths, wanted_vms
 from agent.raft.membership import raft_addr
@@ -88,6 +91,8 @@ from agent.tuning import (
     PRIVATE_DIR,
     PRIVATE_FILE,
     RAFT_REMOVE_AFTER,
+    RELEASE_DEADLINE,
+    RELEASE_HEALTH_EVERY,
     SEED_INTERVAL,
     STORAGE_RETRY,
     UNIX_PATH_MAX,
@@ -144,6 +149,9 @@ class AgentOptions:
     seed_interval: float = SEED_INTERVAL
     raft_remove_after: float = RAFT_REMOVE_AFTER  # a dead promoted member leaves Raft
     vm_stop_deadline: float = 30.0  # s a VM has to power off on ACPI before it is killed
+    release_root: str = ""  # where release venvs and `current` live; "" never installs
+    release_site: tuple[str, ...] = ()  # shared dependency dirs for release venvs (tests)
+    release_deadline: float = RELEASE_DEADLINE  # s a new release has to report healthy
 
 
 class Agent:
@@ -189,6 +197,12 @@ class Agent:
         self.held = HeldState(node, ident, self.listen, self.events, self.members,
                               on_state=self.on_new_state, on_revoked=self._on_revoked,
                               on_placement=self._on_placement)
+        # self-update (agent/node/updater.py): set when the agent should exit to run the
+        # release `current` now points to
+        self.restart = asyncio.Event()
+        self.releases = Updater(self, ident.name, ReleaseStore(node.path / "releases"),
+                                running_release(),
+                                install=self._install_release if opts.release_root else None)
 
     # --- the held state, as the API and the backbone read it -------------------------
 
@@ -258,6 +272,10 @@ class Agent:
         if self.node.has_raft_secret():
             await self.start_backbone()
         self._stack.push_async_callback(self.stop_backbone)
+        self._loop = asyncio.get_running_loop()
+        await self._stack.enter_async_context(self.releases)
+        health_task = asyncio.create_task(self._write_health())
+        self._stack.callback(health_task.cancel)
         if self.opts.apply_target:
             self.reconciler = await self._stack.enter_async_context(
                 Reconciler(self.node.path, self.opts.apply_target, self.held.make_plan,
@@ -374,6 +392,7 @@ class Agent:
             asyncio.get_running_loop().create_task(self._announce())
         if self.reconciler is not None:
             self.reconciler.kick()
+        self.releases.kick()
 
     async def _announce(self) -> None:
         """Push the new version to a few peers now rather than at the next round."""
@@ -465,7 +484,7 @@ class Agent:
         raft = self.backbone.meta() if self.backbone else PeerMeta().raft
         return PeerMeta(self.identity.role, self.held_version, self.held_sha256,
                         self.apply_status(), self._fingerprint, self.held.placement_version,
-                        raft).to_wire()
+                        raft, self.releases.meta()).to_wire()
 
     def refresh_meta(self) -> None:
         if self.latent is not None:
@@ -605,10 +624,48 @@ class Agent:
                 "started": self.started,
                 "reconcile": self.reconciler.status if self.reconciler else self.status,
                 "seed": self.seed_log.to_dict(),
+                "release": {**self.releases.meta().to_wire(), "served": self.releases.served,
+                            "fetched_from": self.releases.fetched_from},
                 "problem": "; ".join(self.events.problems.values())}
 
     def members(self) -> list[MemberView]:
         return self.latent.views() if self.latent else []
+
+    # --- releases (self-update) --------------------------------------------------------
+
+    def release_file(self, sha256: str) -> Path | None:
+        path = self.releases.store.file(sha256)
+        if path is not None:
+            self.releases.served += 1
+        return path
+
+    def _install_release(self, want: Any, artifact: Path, manifest: Any) -> None:
+        """In a worker thread: install beside the running venv, switch `current`, restart."""
+        from agent.node.selfupdate import ReleaseRoot
+
+        root = ReleaseRoot(Path(self.opts.release_root))
+        if want.sha256 in root.bad():
+            raise DataError(f"release {want.version} was rolled back on this node; waiting "
+                            "for a newer one")
+        venv = root.install(want, artifact, manifest,
+                            extra_site=tuple(Path(p) for p in self.opts.release_site))
+        root.switch(want, venv, self.opts.release_deadline)
+        self.events.add("release", f"{self.identity.name} switched to release {want.version}; "
+                        "restarting")
+        self._loop.call_soon_threadsafe(self.restart.set)
+
+    async def _write_health(self) -> None:
+        """DATA/health.json for the watchdog outside this process (agent/node/selfupdate.py)."""
+        while True:
+            others = [m for m in self.members() if m.name != self.identity.name]
+            health = Health(self.releases.running.running, time.time(), True,
+                            any(m.alive for m in others) or not others,
+                            str(self.apply_status().get("status", "")))
+            try:
+                await asyncio.to_thread(write_health, self.node.path / HEALTH, health)
+            except StorageError as e:
+                log.warning("cannot write %s: %s", HEALTH, e)
+            await asyncio.sleep(RELEASE_HEALTH_EVERY)
 
     def peer_addresses(self) -> list[str]:
         return [m.addr for m in self.members() if m.alive]
@@ -643,7 +700,15 @@ async def run_agent(data_dir: str, opts: AgentOptions, *, advertise: str | None,
         print(f"{READY}: {ident.name} ({ident.role}) on {advertise or opts.listen}, "
               f"state v{agent.held_version}", flush=True)
         t0 = time.monotonic()
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        restart = asyncio.create_task(agent.restart.wait())
+        await asyncio.wait([stopped, restart], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        restart.cancel()
         await agent.latent.leave()
         log.info("stopping after %.0f s", time.monotonic() - t0)
+    if agent.restart.is_set():
+        print(f"mycelium agent: exiting with {RESTART_EXIT} to run the new release",
+              flush=True)
+        return RESTART_EXIT
     return 0
