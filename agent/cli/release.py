@@ -24,6 +24,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("file")
     a.add_argument("--data-dir", required=True)
     a.set_defaults(func=cmd_add)
+    w = rs.add_parser("watchdog", help="(run by the agent unit, outside the agent) commit a "
+                      "pending release switch once the new agent is healthy, or switch back "
+                      "after its deadline")
+    w.add_argument("--root", default="/opt/mycelium", help="the release root (venvs, current)")
+    w.add_argument("--data-dir", default="/var/lib/mycelium", help="where health.json is")
+    w.add_argument("--count-start", action="store_true", help="count an agent start (as "
+                   "ExecStartPre): a crash loop is rolled back after --max-starts")
+    w.add_argument("--max-starts", type=int, default=0, metavar="N")
+    w.add_argument("--restart-unit", default="", metavar="UNIT", help="after a rollback, "
+                   "restart this systemd unit (the timer's run; ExecStartPre needs none)")
+    w.set_defaults(func=cmd_watchdog)
+    st = rs.add_parser("status", help="this machine's releases: current, previous, pending, "
+                       "rolled back, and the agent's health")
+    st.add_argument("--root", default="/opt/mycelium")
+    st.add_argument("--data-dir", default="/var/lib/mycelium")
+    st.set_defaults(func=cmd_status)
 
 
 def _describe(sha: str, m) -> str:
@@ -59,4 +75,38 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     sha, m = ReleaseStore(NodeDir(Path(args.data_dir)).path / "releases").add(Path(args.file))
     print(f"{args.data_dir} holds release {m.version} ({sha})")
+    return 0
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from agent.node.selfupdate import HEALTH, ReleaseRoot
+
+    root = ReleaseRoot(Path(args.root))
+    root.ensure_current()
+    before = root.read().get("pending") or {}
+    verdict = root.watchdog(Path(args.data_dir) / HEALTH, count_start=args.count_start,
+                            max_starts=args.max_starts)
+    what = f"{before.get('version', '')} ({str(before.get('sha256', ''))[:12]})"
+    line = {"none": "no release switch pending",
+            "wait": f"release {what} pending: not healthy yet",
+            "healthy": f"release {what} healthy: committed",
+            "rollback": f"release {what} not healthy in time: switched back to "
+                        f"{root.target()}"}[verdict]
+    print(f"watchdog: {verdict}: {line}", flush=True)
+    if verdict == "rollback" and args.restart_unit:
+        subprocess.run(["systemctl", "restart", "--no-block", args.restart_unit], check=False)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.node.selfupdate import HEALTH, Health, ReleaseRoot
+    from agent.trust.encoding import dump_json
+
+    root = ReleaseRoot(Path(args.root))
+    health = Health.read(Path(args.data_dir) / HEALTH)
+    print(f"current -> {root.target()}")
+    print(dump_json({**root.read(), "health": health.__dict__ if health else None}).decode(),
+          end="")
     return 0

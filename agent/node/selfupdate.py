@@ -143,6 +143,11 @@ class ReleaseRoot:
         finally:
             os.close(dfd)
 
+    def ensure_current(self) -> None:
+        """First start on an image: `current` is made to point at the built-in R/venv."""
+        if self.target() is None and (self.path / "venv").is_dir():
+            self.link(self.path / "venv")
+
     def install(self, release: Release, artifact: Path, manifest: Manifest,
                 python: str = "", extra_site: tuple[Path, ...] = ()) -> Path:
         """A venv for `release` from the artifact's wheels only (`--no-index`); kept if a
