@@ -128,6 +128,16 @@ class Release:
 
 
 @dataclass(frozen=True)
+class RolloutPolicy:
+    """How a new release reaches the nodes: waves, then the gate (agent/desired/rollout.py)."""
+
+    waves: tuple[str, ...] = ("1", "50%", "all")  # node counts, percentages or "all"
+    healthy_seconds: int = 30  # a wave's nodes healthy this long before the next wave
+    wave_deadline_seconds: int = 600  # a wave not through its gate by then fails
+    auto_rollback: bool = False  # a failed wave's nodes return to the previous release
+
+
+@dataclass(frozen=True)
 class DesiredState:
     network: str
     nodes: tuple[Node, ...] = ()
@@ -138,6 +148,7 @@ class DesiredState:
     endophytes: tuple[Endophyte, ...] = ()
     revoked: tuple[str, ...] = ()  # SHA-256 fingerprints of revoked node certificates
     release: Release | None = None  # None: nodes keep the agent they run
+    rollout: RolloutPolicy | None = None  # None: every node takes a new release at once
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
