@@ -126,3 +126,29 @@ def test_rollout_in_network_yaml():
                     "n.yaml")
     assert [p.split(": ", 1)[0] for p in e.value.problems] == [
         "n.yaml:4:11", "n.yaml:4:14", "n.yaml:4:20"]
+
+
+def test_status_shows_each_nodes_release_and_rollout_status_renders():
+    from agent.views import member_rows, rollout_lines, status_frame
+
+    members = [{"name": "n1", "role": "sclerotium", "state": "alive",
+                "rel": {"run": NEW, "v": "2", "held": [NEW]}},
+               {"name": "n2", "role": "rhizomorph", "state": "alive",
+                "rel": {"run": "", "v": "1", "held": [], "bad": [NEW]}}]
+    text = status_frame(member_rows(members), [], 0.0)
+    assert text.endswith("NODE  RELEASE           HELD  ROLLED BACK\n"
+                         "n1    2 (nnnnnnnnnnnn)  1     -\n"
+                         "n2    1 (built-in)      0     nnnnnnnnnnnn")
+    assert "RELEASE" not in status_frame(member_rows([{"name": "n1"}]), [], 0.0)
+    p = begin()
+    view = {"release": {"version": "2", "sha256": NEW}, "policy": {
+        "waves": ["1", "50%", "all"], "healthy_seconds": 10, "wave_deadline_seconds": 100,
+        "auto_rollback": False}, "progress": p.to_dict(), "allowed": [p.order[0]],
+        "nodes": {m["name"]: {**m["rel"], "state": "alive"} for m in members}}
+    lines = rollout_lines(view)
+    assert lines[:2] == [f"release 2 ({NEW[:12]})", f"rollout running: wave 1 ({p.order[0]}) "
+                         "of waves 1, 50%, all; gate 10 s healthy, deadline 100 s, "
+                         "auto_rollback off"]
+    assert lines[-1].endswith("n2    alive  1 (built-in)      no        yes")
+    assert rollout_lines({"release": None}) == [
+        "network.yaml names no release: every node keeps the agent it runs"]

@@ -4,21 +4,24 @@ updates itself into venvs made by the test and comes back from a release that cr
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from agent.authoring.identity import sign_state
-from agent.authoring.netdir import NetworkDir
 from agent.desired.model import Release
 from agent.errors import PeerError
-from agent.lab.cluster import Cluster, pid_alive
+from agent.lab.cluster import Cluster
 from agent.node.releases import ReleaseStore, pack
 from agent.node.selfupdate import STAMP, Health, ReleaseRoot, running_release, verdict
-from support.agents import GOSSIP, api, post_envelope, wait_for
-from support.supervise import Supervisor, shared_site
+from support.agents import GOSSIP, api, wait_for
+from support.supervise import (
+    keep_log,
+    member,
+    push_release,
+    running,
+    shared_site,
+    supervise_node,
+)
 from support.wheels import agent_wheel
 
 P = {"sha256": "b" * 64, "switched_at": 100.0, "deadline": 160.0}
@@ -98,27 +101,11 @@ def releases(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def member(c: Cluster, name: str) -> dict:
-    return next(m for m in api(c, "/api/v1/members", c.nodes[0].addr) if m["name"] == name)
-
-
-def running(c: Cluster, name: str) -> str:
-    """The release a live node runs, as its peers see it ("" while it is not alive)."""
-    m = member(c, name)
-    return m["rel"].get("run", "") if m["state"] == "alive" and "rel" in m else ""
-
-
 def events(c: Cluster, addr: str) -> list[dict]:
     try:
         return api(c, "/api/v1/events?n=200", addr)
     except PeerError:  # restarting
         return []
-
-
-def push_release(c: Cluster, version: str, sha: str) -> None:
-    net = NetworkDir(c.network)
-    yaml = net.network_yaml.read_text() + f"release: {{version: {version}, sha256: {sha}}}\n"
-    assert post_envelope(c, sign_state(net, yaml.encode())[1], c.nodes[0].addr)[1] == 200
 
 
 @pytest.mark.slow
@@ -132,15 +119,7 @@ def test_agent_updates_itself_and_returns_from_a_crashing_release(cluster, relea
     _, manifest = store.add(first_path)
     first = root.install(Release("0.1.1", first_sha), first_path, manifest, extra_site=(deps,))
     root.link(first)  # the agent the node was built with
-    os.killpg(n2.pid, signal.SIGTERM)  # n2 from now on runs under the "unit"
-    wait_for(lambda: not pid_alive(n2.pid), what="n2 to stop")
-    argv = n2.argv[3:]
-    for flag in ("--token", "--token-file"):
-        if flag in argv:
-            del argv[argv.index(flag):argv.index(flag) + 2]
-    sup = Supervisor(root.path, Path(n2.data_dir), argv + [
-        "--release-root", str(root.path), "--release-site", str(deps),
-        "--release-deadline", "60"], tmp_path / "n2.log").start()
+    sup = supervise_node(n2, root.path, deps, tmp_path / "n2.log", "--release-deadline", "60")
     try:
         wait_for(lambda: running(cluster, "n2") == first_sha, timeout=60,
                  what="n2 running 0.1.1")
@@ -148,9 +127,8 @@ def test_agent_updates_itself_and_returns_from_a_crashing_release(cluster, relea
         path, sha = releases["0.1.2"]
         ReleaseStore(Path(n1.data_dir) / "releases").add(path)
         push_release(cluster, "0.1.2", sha)
-        wait_for(lambda: member(cluster, "n2")["rel"] == {"run": sha, "v": "0.1.2",
-                                                            "held": [sha]}, timeout=120,
-                 what="n2 running 0.1.2")
+        wait_for(lambda: running(cluster, "n2") == sha, timeout=120, what="n2 running 0.1.2")
+        assert member(cluster, "n2")["rel"]["v"] == "0.1.2"
         wait_for(lambda: root.read().get("running", {}).get("sha256") == sha, timeout=30,
                  what="the watchdog to commit 0.1.2")
         second = root.venv_for(Release("0.1.2", sha))
@@ -172,7 +150,4 @@ def test_agent_updates_itself_and_returns_from_a_crashing_release(cluster, relea
         print("agent exits:", sup.exits, "watchdog verdicts:", sup.verdicts)
     finally:
         sup.stop()
-        log = (tmp_path / "n2.log")
-        if log.exists():
-            Path("/tmp/mycelium-test-logs").mkdir(exist_ok=True)
-            Path("/tmp/mycelium-test-logs/selfupdate-n2.log").write_bytes(log.read_bytes())
+        keep_log(tmp_path / "n2.log", "selfupdate-n2.log")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    register_rollout(sub)
     p = sub.add_parser("release", help="make, inspect and seed agent releases")
     rs = p.add_subparsers(dest="release_command", metavar="ACTION", required=True)
     c = rs.add_parser("create", help="pack the agent and its dependency wheels into one "
@@ -109,4 +110,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"current -> {root.target()}")
     print(dump_json({**root.read(), "health": health.__dict__ if health else None}).decode(),
           end="")
+    return 0
+
+
+def register_rollout(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout", help="a staged release rollout: status, pause, resume, abort")
+    p.add_argument("action", choices=("status", "pause", "resume", "abort"))
+    p.add_argument("--to", metavar="HOST:PORT,...", help="nodes to ask (default: "
+                   "$MYCELIUM_NODES, else the seed spore's bootstrap list)")
+    p.add_argument("--network", metavar="DIR")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_rollout)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from agent.authoring.netdir import find_network
+    from agent.authoring.reach import node_addresses, operator_hypha
+    from agent.errors import PeerError
+    from agent.views import rollout_lines
+
+    net = find_network(args.network)
+    addrs = node_addresses(args.to, net)
+
+    async def go() -> object:
+        async with operator_hypha(net, addrs) as h:
+            if args.action == "status":
+                return await h.get("/api/v1/rollout")
+            errors = []
+            for a in addrs:  # only a sclerotium (a Raft replica) can commit it
+                try:
+                    _, status, body = await h.call(
+                        "POST", "/api/v1/rollout", json.dumps({"action": args.action}).encode(),
+                        addr=a)
+                except PeerError as e:
+                    errors.append(str(e))
+                    continue
+                if status == 200:
+                    return await h.get("/api/v1/rollout", addr=a)
+                errors.append(f"{a}: {(body or {}).get('error', status)}")
+                if status == 409:
+                    break
+            raise PeerError(f"rollout {args.action} refused: " + "; ".join(errors))
+
+    view = asyncio.run(go())
+    if args.output == "json":
+        print(json.dumps(view, indent=2, sort_keys=True))
+    else:
+        print("\n".join(rollout_lines(view)))
     return 0

@@ -60,17 +60,23 @@ class ReleaseMeta:
     running: str = ""  # sha256 of the release it runs; "" for the agent it was built with
     version: str = ""  # the agent version it runs
     held: tuple[str, ...] = ()  # sha256 of the artifacts it serves
+    bad: tuple[str, ...] = ()  # releases its watchdog rolled back
+    rollout: dict[str, Any] = field(default_factory=dict)  # a Raft leader's rollout progress
 
     @classmethod
     def from_wire(cls, v: Any) -> ReleaseMeta:
         d = _obj(v)
-        held = d.get("held")
-        return cls(_str(d.get("run")), _str(d.get("v")),
-                   tuple(h for h in held[:8] if isinstance(h, str))
-                   if isinstance(held, list) else ())
+        return cls(_str(d.get("run")), _str(d.get("v")), _shas(d.get("held")),
+                   _shas(d.get("bad")), _obj(d.get("ro")))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"run": self.running, "v": self.version, "held": list(self.held)}
+        return {"run": self.running, "v": self.version, "held": list(self.held),
+                **({"bad": list(self.bad)} if self.bad else {}),
+                **({"ro": self.rollout} if self.rollout else {})}
+
+
+def _shas(v: Any) -> tuple[str, ...]:
+    return tuple(h for h in v[:8] if isinstance(h, str)) if isinstance(v, list) else ()
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,12 @@ class NodeHost(Protocol):
     def release_file(self, sha256: str) -> Path | None:
         """The release artifact this node holds under that SHA-256, or None."""
 
+    def rollout_view(self) -> dict[str, Any]: ...
+
+    async def rollout_act(self, action: str) -> dict[str, Any]:
+        """pause | resume | abort, committed to the Primary. LookupError without a replica
+        or a rollout; ValueError when the action does not apply now."""
+
     def vm_paths(self, name: str) -> VmPaths | None:
         """Where VM `name` keeps its serial socket and log, or None if it is not here."""
 
@@ -184,8 +190,27 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
                                       "release"}, status=404)
         return web.FileResponse(path, headers={"Content-Type": "application/x-tar"})
 
+    async def rollout(_: web.Request) -> web.Response:
+        return web.json_response(agent.rollout_view())
+
+    async def rollout_action(request: web.Request) -> web.Response:
+        """The operator pauses, resumes or aborts the rollout (any certificate of the
+        network may: it changes when nodes update, never what they run)."""
+        try:
+            action = (await read_json(request)).get("action")
+        except (ValueError, AttributeError) as e:
+            return web.json_response({"error": f"bad rollout request: {e}"}, status=400)
+        try:
+            return web.json_response(await agent.rollout_act(str(action)))
+        except LookupError as e:
+            return web.json_response({"error": str(e).strip("'")}, status=404)
+        except (ValueError, TypeError) as e:
+            return web.json_response({"error": str(e)}, status=409)
+
     return [
         web.get(f"{API}/release/{{sha256}}", release),
+        web.get(f"{API}/rollout", rollout),
+        web.post(f"{API}/rollout", rollout_action),
         web.get(f"{API}/vms", vms),
         web.get(f"{API}/vms/{{name}}/serial", serial),
         web.get(f"{API}/vms/{{name}}/console", vm_console),

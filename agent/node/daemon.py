@@ -20,7 +20,7 @@ import sys
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from agent.errors import (
     TrustError,
 )
 from agent.gossip.latent import HttpTransport, LatentSpore, http_routes
-from agent.gossip.member import MemberView, PeerMeta, count
+from agent.gossip.member import MemberView, PeerMeta, ReleaseMeta, count
 from agent.gossip.swim import Event
 from agent.node import api
 from agent.node.backbone import Backbone
@@ -64,6 +64,7 @@ from agent.node.events import STORAGE, EventLog, RepeatFilter
 from agent.node.held import HeldState
 from agent.node.reconcile import Reconciler
 from agent.node.releases import ReleaseStore
+from agent.node.rollout import RolloutDriver
 from agent.node.seed import SeedLog
 from agent.node.selfupdate import HEALTH, RESTART_EXIT, Health, running_release, write_health
 from agent.node.updater import Updater
@@ -200,9 +201,13 @@ class Agent:
         # self-update (agent/node/updater.py): set when the agent should exit to run the
         # release `current` now points to
         self.restart = asyncio.Event()
+        self.rollouts = RolloutDriver(self)  # staged rollouts (agent/node/rollout.py)
         self.releases = Updater(self, ident.name, ReleaseStore(node.path / "releases"),
                                 running_release(),
-                                install=self._install_release if opts.release_root else None)
+                                install=self._install_release if opts.release_root else None,
+                                may_install=lambda r: self.rollouts.may_take(ident.name,
+                                                                             r.sha256),
+                                revert=self._revert_release if opts.release_root else None)
 
     # --- the held state, as the API and the backbone read it -------------------------
 
@@ -276,6 +281,8 @@ class Agent:
         await self._stack.enter_async_context(self.releases)
         health_task = asyncio.create_task(self._write_health())
         self._stack.callback(health_task.cancel)
+        rollout_task = asyncio.create_task(self._drive_rollout())
+        self._stack.callback(rollout_task.cancel)
         if self.opts.apply_target:
             self.reconciler = await self._stack.enter_async_context(
                 Reconciler(self.node.path, self.opts.apply_target, self.held.make_plan,
@@ -484,7 +491,7 @@ class Agent:
         raft = self.backbone.meta() if self.backbone else PeerMeta().raft
         return PeerMeta(self.identity.role, self.held_version, self.held_sha256,
                         self.apply_status(), self._fingerprint, self.held.placement_version,
-                        raft, self.releases.meta()).to_wire()
+                        raft, self._release_meta()).to_wire()
 
     def refresh_meta(self) -> None:
         if self.latent is not None:
@@ -632,6 +639,59 @@ class Agent:
         return self.latent.views() if self.latent else []
 
     # --- releases (self-update) --------------------------------------------------------
+
+    def _release_meta(self) -> ReleaseMeta:
+        """What this node runs and holds, releases rolled back here, and the rollout
+        progress its Raft replica holds."""
+        bad: tuple[str, ...] = ()
+        if self.opts.release_root:
+            from agent.node.selfupdate import ReleaseRoot
+
+            bad = tuple(ReleaseRoot(Path(self.opts.release_root)).bad()[-8:])
+        return replace(self.releases.meta(), bad=bad, rollout=self.rollouts.local() or {})
+
+    def primary_store(self) -> Any:
+        return self.backbone.primary if self.backbone is not None else None
+
+    def rollout_view(self) -> dict[str, Any]:
+        return self.rollouts.view()
+
+    async def rollout_act(self, action: str) -> dict[str, Any]:
+        return (await self.rollouts.act(action)).to_dict()
+
+    async def _drive_rollout(self) -> None:
+        while True:
+            try:
+                await self.rollouts.tick()
+            except MyceliumError as e:  # no leader reachable for the commit: next tick
+                log.debug("rollout tick: %s", e)
+            except Exception:  # a bad tick must not end the loop
+                log.exception("rollout tick failed")
+            await asyncio.sleep(1.0)
+
+    async def _revert_release(self) -> None:
+        """A rollout with auto_rollback failed: if this node runs that release, switch
+        back to the one it ran before (its venv is kept) and restart."""
+        from agent.desired.model import Release
+        from agent.desired.rollout import ROLLED_BACK
+        from agent.node.selfupdate import ReleaseRoot
+
+        p = self.rollouts.progress()
+        running = self.releases.running.running
+        if p is None or p.status != ROLLED_BACK or running != p.sha256 or self.restart.is_set():
+            return
+        root = ReleaseRoot(Path(self.opts.release_root))
+        found = root.venv_of(p.previous) if p.previous else None
+        if found is None:
+            self.events.add("release", f"{self.identity.name} cannot return from release "
+                            f"{p.version}: no venv of the previous release is kept")
+            return
+        venv, version = found
+        await asyncio.to_thread(root.switch, Release(version, p.previous), venv,
+                                self.opts.release_deadline)
+        self.events.add("release", f"{self.identity.name} returns to release {version} (the "
+                        f"rollout of {p.version} was rolled back); restarting")
+        self.restart.set()
 
     def release_file(self, sha256: str) -> Path | None:
         path = self.releases.store.file(sha256)

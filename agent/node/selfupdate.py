@@ -143,6 +143,14 @@ class ReleaseRoot:
         finally:
             os.close(dfd)
 
+    def venv_of(self, sha256: str) -> tuple[Path, str] | None:
+        """(venv, version) of a complete install of release `sha256` kept here."""
+        for venv in sorted(self.path.glob(f"releases/*-{sha256[:12]}/venv")):
+            got = running_release(str(venv))
+            if got.running == sha256:
+                return venv, got.version
+        return None
+
     def ensure_current(self) -> None:
         """First start on an image: `current` is made to point at the built-in R/venv."""
         if self.target() is None and (self.path / "venv").is_dir():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -97,13 +97,18 @@ class Updater:
 
     def __init__(self, host: ReleaseHost, name: str, store: ReleaseStore,
                  running: ReleaseMeta, install: Callable[[Release, Path, Manifest], None]
-                 | None = None, check: float = RELEASE_CHECK) -> None:
+                 | None = None, check: float = RELEASE_CHECK,
+                 may_install: Callable[[Release], bool] = lambda _: True,
+                 revert: Callable[[], Awaitable[None]] | None = None) -> None:
         self.host = host
         self.name = name
         self.store = store
         self.running = running
         self.install = install  # blocking: install, switch, then the daemon restarts
         self.check = check
+        self.may_install = may_install  # a staged rollout: is this node in the wave yet?
+        self.revert = revert  # a rollout rolled back: return to the previous release
+        self._waiting: set[str] = set()
         self.served = 0  # artifacts served to peers (the API counts them)
         self.fetched_from: dict[str, str] = {}  # sha256 -> where this node got it
         self._kick = asyncio.Event()
@@ -156,6 +161,8 @@ class Updater:
         """One look: fetch what is wanted and missing, install it where we may. False when
         a fetch failed (the loop backs off)."""
         self._note_held()
+        if self.revert is not None:
+            await self.revert()
         want = self.wanted()
         if want is None:
             return True
@@ -171,6 +178,12 @@ class Updater:
             self.host.events.add("release", f"{self.name} holds release {want.version} "
                                  f"({want.sha256[:12]}) from {source}")
             self._note_held()
+        if self.install is not None and not self.may_install(want):
+            if want.sha256 not in self._waiting:
+                self._waiting.add(want.sha256)
+                self.host.events.add("release", f"{self.name} holds release {want.version} "
+                                     "and waits for its rollout wave")
+            return True
         if self.install is not None and want.sha256 not in self._installed:
             self._installed.add(want.sha256)  # once per run: a refusal is not retried in a loop
             path = self.store.file(want.sha256)

@@ -86,3 +86,54 @@ class Supervisor:
         self._stop.set()
         self._kill()
         self._thread.join(30)
+
+
+def supervise_node(node, root: Path, deps: Path, log: Path, *extra: str) -> Supervisor:
+    """Stop a node `cluster_up` started and run it again under a Supervisor, from the venv
+    ROOT/current points to (same data dir, no token: it rejoins as itself)."""
+    from agent.lab.cluster import pid_alive
+    from support.agents import wait_for
+
+    os.killpg(node.pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(node.pid), what=f"{node.name} to stop")
+    argv = node.argv[3:]  # past `python -m agent.cli`
+    for flag in ("--token", "--token-file"):
+        if flag in argv:
+            del argv[argv.index(flag):argv.index(flag) + 2]
+    return Supervisor(root, Path(node.data_dir), argv + [
+        "--release-root", str(root), "--release-site", str(deps), *extra], log).start()
+
+
+def member(c, name: str) -> dict:
+    from support.agents import api
+
+    return next(m for m in api(c, "/api/v1/members") if m["name"] == name)  # any node
+
+
+def running(c, name: str) -> str:
+    """The release a live node runs, as a node that answers sees it ("" while it is not
+    alive there)."""
+    from agent.errors import PeerError
+
+    try:
+        m = member(c, name)
+    except (PeerError, StopIteration):  # every node restarting, or not seen yet
+        return ""
+    return m["rel"].get("run", "") if m["state"] == "alive" and "rel" in m else ""
+
+
+def push_release(c, version: str, sha: str, extra: str = "") -> None:
+    from agent.authoring.identity import sign_state
+    from agent.authoring.netdir import NetworkDir
+    from support.agents import post_envelope
+
+    net = NetworkDir(c.network)
+    yaml = (net.network_yaml.read_text() + extra
+            + f"release: {{version: {version}, sha256: {sha}}}\n")
+    assert post_envelope(c, sign_state(net, yaml.encode())[1], c.nodes[0].addr)[1] == 200
+
+
+def keep_log(log: Path, name: str) -> None:
+    if log.exists():
+        Path("/tmp/mycelium-test-logs").mkdir(exist_ok=True)
+        Path(f"/tmp/mycelium-test-logs/{name}").write_bytes(log.read_bytes())
