@@ -5,6 +5,10 @@ first wave, that node returns to N by itself and no other node changes."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +35,25 @@ def progress(c: Cluster) -> dict:
         return api(c, "/api/v1/rollout").get("progress") or {}
     except Exception:
         return {}
+
+
+def rollout_cli(c: Cluster, action: str) -> str:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "rollout", action, "--to",
+                           ",".join(c.addresses()), "--network", str(c.network)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def raft_leader(c: Cluster) -> str:
+    """The node whose Raft replica leads, as any node's Primary view says."""
+    from agent.raft.membership import raft_addr
+
+    for n in c.nodes:
+        try:
+            leader = api(c, "/api/v1/primary", n.addr)["leader"]
+        except Exception:
+            continue
+        return next(m.name for m in c.nodes if raft_addr(m.addr) == leader)
+    raise AssertionError("no Raft leader")
 
 
 def all_on(c: Cluster, sha: str, timeout: float) -> None:
@@ -73,6 +96,10 @@ def test_waves_then_a_crashing_release_stops_at_the_first_wave(cluster, tmp_path
         # release 0.3.1 under a policy of two waves
         sha = seed_and_push(cluster, "0.3.1", rel["0.3.1"])
         first = wait_for(lambda: progress(cluster).get("order"), what="the rollout to start")
+        # the operator pauses and resumes it (committed through any sclerotium)
+        assert "rollout paused" in rollout_cli(cluster, "pause")
+        assert progress(cluster)["status"] == "paused"
+        assert "rollout running" in rollout_cli(cluster, "resume")
         seen_in_wave_1: set[str] = set()
         deadline = time.monotonic() + 120
         while (p := progress(cluster)).get("wave", 0) == 0 and time.monotonic() < deadline:
@@ -81,6 +108,19 @@ def test_waves_then_a_crashing_release_stops_at_the_first_wave(cluster, tmp_path
             assert on <= {first[0]}, f"{on} run 0.3.1 during wave 1 ({first[0]} only)"
             assert p.get("status", "running") == "running", p
         assert seen_in_wave_1 == {first[0]}
+        # the Raft leader is SIGKILLed in wave 2: the next one continues from that wave
+        p = progress(cluster)
+        if p.get("status") == "running":
+            leader = raft_leader(cluster)
+            os.killpg(sups[leader].proc.pid, signal.SIGKILL)
+            waves = []
+            while (q := progress(cluster)).get("status") != "done" and time.monotonic() < \
+                    deadline + 120:
+                if q:
+                    assert q["order"] == p["order"] and q["wave"] >= p["wave"], (p, q)
+                    waves.append(q["wave"])
+            print(f"killed the leader {leader} in wave {p['wave'] + 1}; waves seen after: "
+                  f"{sorted(set(waves))}")
         wait_for(lambda: progress(cluster).get("status") == "done", timeout=120,
                  what="the rollout to finish")
         all_on(cluster, sha, 30)

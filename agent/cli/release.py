@@ -140,18 +140,23 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             if args.action == "status":
                 return await h.get("/api/v1/rollout")
             errors = []
+            body = json.dumps({"action": args.action}).encode()
+            status = 0
             for a in addrs:  # only a sclerotium (a Raft replica) can commit it
-                try:
-                    _, status, body = await h.call(
-                        "POST", "/api/v1/rollout", json.dumps({"action": args.action}).encode(),
-                        addr=a)
-                except PeerError as e:
-                    errors.append(str(e))
-                    continue
-                if status == 200:
-                    return await h.get("/api/v1/rollout", addr=a)
-                errors.append(f"{a}: {(body or {}).get('error', status)}")
-                if status == 409:
+                for _ in range(3):  # the leader may move the rollout between read and write
+                    try:
+                        _, status, reply = await h.call("POST", "/api/v1/rollout", body,
+                                                        addr=a)
+                    except PeerError as e:
+                        errors.append(str(e))
+                        break
+                    if status == 200:
+                        return await h.get("/api/v1/rollout", addr=a)
+                    said = str((reply or {}).get("error", status))
+                    if "moved meanwhile" not in said:
+                        errors.append(f"{a}: {said}")
+                        break
+                if status == 409 and errors:
                     break
             raise PeerError(f"rollout {args.action} refused: " + "; ".join(errors))
 

@@ -701,9 +701,16 @@ class Agent:
 
     def _install_release(self, want: Any, artifact: Path, manifest: Any) -> None:
         """In a worker thread: install beside the running venv, switch `current`, restart."""
+        import platform
+
         from agent.node.selfupdate import ReleaseRoot
+        from agent.trust.release import runs_on
 
         root = ReleaseRoot(Path(self.opts.release_root))
+        if not runs_on(manifest, platform.machine()):
+            raise DataError(f"release {want.version} has wheels for "
+                            f"{', '.join(manifest.architectures)}, this node is "
+                            f"{platform.machine()}")
         if want.sha256 in root.bad():
             raise DataError(f"release {want.version} was rolled back on this node; waiting "
                             "for a newer one")

@@ -68,6 +68,7 @@ def pack(wheelhouse: Path, out_dir: Path) -> tuple[Path, str, Manifest]:
                     t.addfile(_info(f"{WHEELS}{w.name}", w.stat().st_size), src)
         sha = file_sha256(Path(tmp))
         final = out_dir / f"{manifest.name}-{manifest.version}-{sha[:12]}.tar"
+        os.chmod(tmp, 0o644)  # public: its hash, not its secrecy, protects it
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
