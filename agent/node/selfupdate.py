@@ -181,6 +181,9 @@ class ReleaseRoot:
                   f"{AGENT_DIST}=={manifest.version}"], "install the release's wheels")
         finally:
             shutil.rmtree(wheels, ignore_errors=True)
+        if not (venv / "bin" / "mycelium").is_file():
+            raise DataError(f"installing release {release.version} left no bin/mycelium in "
+                            f"{venv}")
         atomic_write(stamp, json.dumps({"sha256": release.sha256,
                                         "version": release.version}).encode())
         return venv
@@ -227,8 +230,11 @@ class ReleaseRoot:
 
 
 def _run(argv: list[str], what: str) -> None:
+    # the new venv must see only itself: an inherited PYTHONPATH would let pip find the
+    # running agent's distribution and install nothing
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise StorageError(f"cannot {what}: {e}") from e
     if proc.returncode != 0:
