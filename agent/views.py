@@ -55,6 +55,7 @@ class MemberRow:
     release: str = ""  # the agent release it runs: "0.2.0 (1a2b3c4d5e6f)", "" if not said
     releases_held: int = 0
     rolled_back: tuple[str, ...] = ()  # sha256 prefixes of releases rolled back there
+    releases_used: bool = False  # it runs, holds or rolled back a release
 
     @classmethod
     def from_api(cls, m: Mapping[str, Any]) -> MemberRow:
@@ -81,7 +82,8 @@ def _release_fields(rel: Mapping[str, Any]) -> dict[str, Any]:
     run, version = str(rel.get("run") or ""), str(rel.get("v") or "?")
     return {"release": f"{version} ({run[:12] if run else 'built-in'})",
             "releases_held": len(_names(rel.get("held"))),
-            "rolled_back": tuple(b[:12] for b in _names(rel.get("bad")))}
+            "rolled_back": tuple(b[:12] for b in _names(rel.get("bad"))),
+            "releases_used": bool(run or _names(rel.get("held")) or _names(rel.get("bad")))}
 
 
 @dataclass(frozen=True)
@@ -276,11 +278,11 @@ def releases_table(members: Iterable[MemberRow]) -> str:
 def status_frame(members: Iterable[MemberRow], shares: Sequence[ShareRow], now: float,
                  notes: Sequence[str] = ()) -> str:
     """What `mycelium status` prints (one --watch frame): members, each node's release
-    when any reports one, then shares if asked, then what the held state asks that
-    cannot be placed."""
+    once any node runs or holds one, then shares if asked, then what the held state asks
+    that cannot be placed."""
     members = list(members)
     text = members_table(members, now)
-    if any(m.release for m in members):
+    if any(m.releases_used for m in members):
         text += f"\n\n{releases_table(members)}"
     if shares:
         text += f"\n\n{shares_table(shares)}"

@@ -140,6 +140,8 @@ def test_status_shows_each_nodes_release_and_rollout_status_renders():
                          "n1    2 (nnnnnnnnnnnn)  1     -\n"
                          "n2    1 (built-in)      0     nnnnnnnnnnnn")
     assert "RELEASE" not in status_frame(member_rows([{"name": "n1"}]), [], 0.0)
+    built_in = {"name": "n1", "rel": {"run": "", "v": "0.1.0", "held": []}}
+    assert "RELEASE" not in status_frame(member_rows([built_in]), [], 0.0)
     p = begin()
     view = {"release": {"version": "2", "sha256": NEW}, "policy": {
         "waves": ["1", "50%", "all"], "healthy_seconds": 10, "wave_deadline_seconds": 100,
