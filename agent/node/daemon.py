@@ -722,16 +722,21 @@ class Agent:
         self._loop.call_soon_threadsafe(self.restart.set)
 
     async def _write_health(self) -> None:
-        """DATA/health.json for the watchdog outside this process (agent/node/selfupdate.py)."""
+        """DATA/health.json for the watchdog outside this process (agent/node/selfupdate.py):
+        written at start and when what it says changes (an SD card is not worn by a
+        heartbeat); nothing in the agent reads it back."""
+        said = None
         while True:
             others = [m for m in self.members() if m.name != self.identity.name]
             health = Health(self.releases.running.running, time.time(), True,
                             any(m.alive for m in others) or not others,
                             str(self.apply_status().get("status", "")))
-            try:
-                await asyncio.to_thread(write_health, self.node.path / HEALTH, health)
-            except StorageError as e:
-                log.warning("cannot write %s: %s", HEALTH, e)
+            if replace(health, at=0) != said:
+                try:
+                    await asyncio.to_thread(write_health, self.node.path / HEALTH, health)
+                    said = replace(health, at=0)
+                except StorageError as e:
+                    log.warning("cannot write %s: %s", HEALTH, e)
             await asyncio.sleep(RELEASE_HEALTH_EVERY)
 
     def peer_addresses(self) -> list[str]:
