@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.errors import DataError, PeerError, TooLargeError
+from agent.errors import BusyError, DataError, PeerError, TooLargeError
 
 MAX_REPLY_BYTES = 4 << 20
 TIMEOUT = 10.0  # seconds for a whole request, reply body included
@@ -126,6 +126,8 @@ class PeerClient:
         h = hashlib.sha256()
         try:
             async with self._get_session().get(url, ssl=self.ssl, timeout=t) as r:
+                if r.status == 503:
+                    raise BusyError(f"{url}: busy")
                 if r.status != 200:
                     Reply(url, r.status, await _read_capped(r, 4096, url)).ok()
                 if r.content_length is not None and r.content_length > cap:

@@ -43,6 +43,7 @@ RELEASE_CHECK = 2.0  # seconds between looks at the release the state names (new
 RELEASE_RETRY_MAX = 60.0  # seconds at most between fetch attempts after failures (doubling)
 RELEASE_FETCH_TIMEOUT = 300.0  # seconds for one artifact download from one source
 RELEASE_HEALTH_EVERY = 2.0  # seconds between writes of DATA/health.json (the watchdog reads it)
+RELEASE_SERVING = 2  # artifact downloads a node serves at once; more get 503 and go elsewhere
 RELEASE_DEADLINE = 120.0  # seconds a new release has to report healthy before it is rolled back
 
 # --- the Primary spore inside the agent (agent/node/backbone.py, agent/raft/) ----------

@@ -231,7 +231,7 @@ def test_fetch_from_url_refuses_a_wrong_copy_then_takes_a_good_one(wheelhouse, t
 
     from agent.client import PeerClient
     from agent.desired.model import Release
-    from agent.errors import TransportError
+    from agent.errors import BusyError, TransportError
     from agent.node.events import EventLog
     from agent.node.updater import fetch_release
 
@@ -261,6 +261,14 @@ def test_fetch_from_url_refuses_a_wrong_copy_then_takes_a_good_one(wheelhouse, t
                 assert store.held() == [] and list(store.path.iterdir()) == []
                 assert "refused release 0.2.0 from http://" in events.recent(5)[-1]["message"]
                 serve["body"] = good
+
+                class BusyPeers:  # every holder answers 503: wait for them, not the url
+                    async def download(self, *_: object, **__: object) -> str:
+                        raise BusyError("busy")
+
+                with pytest.raises(BusyError):
+                    await fetch_release(want, ["a:1", "b:1"], store, BusyPeers(), events, "n1")
+                assert len(hits) == 1
                 got, source = await fetch_release(want, [], store, peers, events, "n1")
                 assert (got, source, store.held()) == (m, want.url, [sha])
         finally:

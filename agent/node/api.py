@@ -54,6 +54,9 @@ class NodeHost(Protocol):
     def release_file(self, sha256: str) -> Path | None:
         """The release artifact this node holds under that SHA-256, or None."""
 
+    def release_serving(self, delta: int) -> bool:
+        """Count a download starting (+1: False when at the limit) or ending (-1)."""
+
     def rollout_view(self) -> dict[str, Any]: ...
 
     async def rollout_act(self, action: str) -> dict[str, Any]:
@@ -188,7 +191,15 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         if path is None:
             return web.json_response({"error": f"{agent.identity.name} holds no such "
                                       "release"}, status=404)
-        return web.FileResponse(path, headers={"Content-Type": "application/x-tar"})
+        if not agent.release_serving(+1):  # the fetcher tries a peer that has it by now
+            return web.json_response({"error": f"{agent.identity.name} is busy serving "
+                                      "this release; try another peer"}, status=503)
+        try:
+            resp = web.FileResponse(path, headers={"Content-Type": "application/x-tar"})
+            await resp.prepare(request)  # sends the file
+            return resp
+        finally:
+            agent.release_serving(-1)
 
     async def rollout(_: web.Request) -> web.Response:
         return web.json_response(agent.rollout_view())

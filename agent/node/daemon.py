@@ -94,6 +94,7 @@ from agent.tuning import (
     RAFT_REMOVE_AFTER,
     RELEASE_DEADLINE,
     RELEASE_HEALTH_EVERY,
+    RELEASE_SERVING,
     SEED_INTERVAL,
     STORAGE_RETRY,
     UNIX_PATH_MAX,
@@ -694,10 +695,14 @@ class Agent:
         self.restart.set()
 
     def release_file(self, sha256: str) -> Path | None:
-        path = self.releases.store.file(sha256)
-        if path is not None:
-            self.releases.served += 1
-        return path
+        return self.releases.store.file(sha256)
+
+    def release_serving(self, delta: int) -> bool:
+        if delta > 0 and self.releases.serving >= RELEASE_SERVING:
+            return False
+        self.releases.serving += delta
+        self.releases.served += max(delta, 0)
+        return True
 
     def _install_release(self, want: Any, artifact: Path, manifest: Any) -> None:
         """In a worker thread: install beside the running venv, switch `current`, restart."""

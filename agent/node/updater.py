@@ -23,7 +23,7 @@ from typing import Protocol
 
 from agent.client import PeerClient
 from agent.desired.model import DesiredState, Release
-from agent.errors import DataError, MyceliumError, StorageError, TransportError
+from agent.errors import BusyError, DataError, MyceliumError, StorageError, TransportError
 from agent.gossip.member import MemberView, ReleaseMeta
 from agent.node.events import EventLog
 from agent.node.releases import MAX_ARTIFACT_BYTES, ReleaseStore, verify
@@ -60,28 +60,43 @@ async def fetch_release(want: Release, sources: list[str], store: ReleaseStore,
                         peers: PeerClient, events: EventLog, who: str,
                         public: PeerClient | None = None) -> tuple[Manifest, str]:
     """(manifest, source) of the first good copy among peer `sources`, then `want.url`.
-    TransportError naming every source tried when none gave one."""
+    TransportError naming every source tried when none gave one; BusyError when every peer
+    that holds it was busy serving others (soon one of those will hold it too)."""
     tried: list[str] = []
-    plan = [(f"peer {a}", f"https://{a}{RELEASE_PATH}/{want.sha256}", peers) for a in sources]
-    if want.url.startswith(("http://", "https://")):
-        plan.append((want.url, want.url, public or PeerClient()))
-    for source, url, client in plan:
-        tmp = store.incoming()
-        try:
-            got = await client.download(url, tmp, MAX_ARTIFACT_BYTES, RELEASE_FETCH_TIMEOUT)
-            check_sha256(got, want.sha256, source)
-            manifest = await asyncio.to_thread(store.admit, tmp, want.sha256, want.version,
-                                               source)
-            return manifest, source
-        except DataError as e:
-            events.add("release", f"{who} refused release {want.version} from {source}: {e}")
-            tried.append(f"{source}: refused")
-        except TransportError as e:
-            tried.append(f"{source}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
-            if client is not peers and client is not public:
-                await client.close()
+    busy = 0
+    peer_plan = [(f"peer {a}", f"https://{a}{RELEASE_PATH}/{want.sha256}", peers)
+                 for a in sources]
+    web = [(want.url, want.url, public or PeerClient())] \
+        if want.url.startswith(("http://", "https://")) else []
+    for plan in (peer_plan, web):
+        if plan is web and sources and busy == len(sources):
+            # every holder is busy: one of the nodes they serve will hold it in a moment;
+            # the operator's url is for when the network has no copy
+            if web and web[0][2] is not public:
+                await web[0][2].close()
+            raise BusyError(f"release {want.version}: every holder is busy")
+        for source, url, client in plan:
+            tmp = store.incoming()
+            try:
+                got = await client.download(url, tmp, MAX_ARTIFACT_BYTES,
+                                            RELEASE_FETCH_TIMEOUT)
+                check_sha256(got, want.sha256, source)
+                manifest = await asyncio.to_thread(store.admit, tmp, want.sha256,
+                                                   want.version, source)
+                return manifest, source
+            except DataError as e:
+                events.add("release", f"{who} refused release {want.version} from {source}: "
+                           f"{e}")
+                tried.append(f"{source}: refused")
+            except BusyError:
+                busy += 1
+                tried.append(f"{source}: busy")
+            except TransportError as e:
+                tried.append(f"{source}: {e}")
+            finally:
+                tmp.unlink(missing_ok=True)
+                if client is not peers and client is not public:
+                    await client.close()
     if want.url.startswith("/"):
         try:
             sha, manifest = await asyncio.to_thread(store.add, Path(want.url), want.sha256)
@@ -110,6 +125,7 @@ class Updater:
         self.revert = revert  # a rollout rolled back: return to the previous release
         self._waiting: set[str] = set()
         self.served = 0  # artifacts served to peers (the API counts them)
+        self.serving = 0  # downloads being served now (at most RELEASE_SERVING)
         self.fetched_from: dict[str, str] = {}  # sha256 -> where this node got it
         self._kick = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -144,7 +160,9 @@ class Updater:
         while True:
             delay = self.check
             try:
-                if not await self.step():
+                if (ok := await self.step()) is None:  # holders busy: soon, not later
+                    delay = random.uniform(0.3, 1.0)
+                elif not ok:
                     self._failures += 1
                     delay = min(self.check * 2 ** self._failures, RELEASE_RETRY_MAX)
                 else:
@@ -157,9 +175,9 @@ class Updater:
             except TimeoutError:
                 pass
 
-    async def step(self) -> bool:
+    async def step(self) -> bool | None:
         """One look: fetch what is wanted and missing, install it where we may. False when
-        a fetch failed (the loop backs off)."""
+        a fetch failed (the loop backs off), None when every holder was busy."""
         self._note_held()
         if self.revert is not None:
             await self.revert()
@@ -171,6 +189,8 @@ class Updater:
                 _, source = await fetch_release(want, holders(self.host.members(), want.sha256),
                                                 self.store, self.host.peers, self.host.events,
                                                 self.name)
+            except BusyError:
+                return None
             except (TransportError, StorageError) as e:
                 log.info("%s", e)
                 return False
