@@ -72,6 +72,7 @@ class Supervisor:
             if self.proc.poll() is not None:
                 self.exits.append(self.proc.returncode)
             time.sleep(0.5)  # RestartSec
+        self._kill()  # stop() may have come while this thread was starting one
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -86,6 +87,7 @@ class Supervisor:
         self._stop.set()
         self._kill()
         self._thread.join(30)
+        self._kill()
 
 
 def supervise_node(node, root: Path, deps: Path, log: Path, *extra: str) -> Supervisor:
