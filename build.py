@@ -58,6 +58,9 @@ def build_main(argv: list[str]) -> int:
     p.add_argument("--no-xz", action="store_true", help="skip the .img.xz")
     p.add_argument("--no-dashboard", action="store_true", help="no console dashboard on tty1 "
                    "and the serial console (login prompts there instead)")
+    p.add_argument("--preinstall", action="append", default=[], metavar="COMPONENT",
+                   help="bake a component's packages into the image (podman, qemu; "
+                   "repeatable), so its first apply on the node downloads nothing")
     p.add_argument("--work", help="work directory (default: a temporary one)")
     args = p.parse_args(argv)
 
@@ -71,7 +74,7 @@ def build_main(argv: list[str]) -> int:
                        args.first_node, args.listen, tuple(args.join), args.k3s_artifact,
                        args.k3s_sha256, not args.no_xz, name,
                        network_files=tuple(Path(f) for f in args.network_config),
-                       dashboard=not args.no_dashboard)
+                       dashboard=not args.no_dashboard, preinstall=tuple(args.preinstall))
     try:
         check_args(ctx)  # every argument before any work (or the root check)
     except BuildError as e:

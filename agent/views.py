@@ -143,6 +143,8 @@ class VmRow:
     memory_mb: int = 0
     ports: tuple[str, ...] = ()
     boot: str = ""
+    accel_reason: str = ""  # why that accelerator (the KVM probe's verdict)
+    replication: str = ""  # the primary's last checkpoint, one line ("" if not replicated)
 
     @classmethod
     def from_api(cls, node: str, v: Mapping[str, Any]) -> VmRow:
@@ -153,7 +155,50 @@ class VmRow:
                    uptime_s=float(up) if isinstance(up, int | float) else None,
                    restarts=_int(v.get("restarts")), cpus=_int(v.get("cpus")),
                    memory_mb=_int(v.get("memory_mb")), ports=_names(v.get("ports")),
-                   boot=str(v.get("boot") or ""))
+                   boot=str(v.get("boot") or ""),
+                   accel_reason=str(v.get("accel_reason") or ""),
+                   replication=replication_cell(_dict(v.get("replication"))))
+
+
+def _kib(n: Any) -> str:
+    return f"{_int(n) >> 10} KiB" if isinstance(n, int) else "all"
+
+
+def replication_cell(r: Mapping[str, Any]) -> str:
+    """A primary's replication status (agent/node/vm/replicator.py) in one line."""
+    last = _dict(r.get("last"))
+    if not last:
+        return f"no checkpoint yet ({r['error']})" if r.get("error") else \
+            ("no checkpoint yet" if r else "")
+    acked = ", ".join(f"{a}={s}" for a, s in sorted(_dict(r.get("acked")).items())) or "none"
+    return (f"checkpoint {_int(last.get('seq'))}{' (full)' if last.get('full') else ''}: "
+            f"dirtied {_kib(last.get('dirtied_bytes'))}, sent {_kib(last.get('wire_bytes'))}, "
+            f"cycle {last.get('cycle_s', '?')} s; backups took {acked}")
+
+
+@dataclass(frozen=True)
+class BackupRow:
+    """A checkpoint a node holds as a VM's backup, from /api/v1/vms `backups`."""
+
+    name: str
+    node: str
+    seq: int | None
+    age_s: float | None
+    refused: int = 0
+    last_refusal: str = ""
+
+
+def backup_rows(replies: Iterable[Mapping[str, Any]]) -> list[BackupRow]:
+    out = []
+    for r in replies:
+        for b in (r.get("backups") or []) if "error" not in r else []:
+            b = _dict(b)
+            seq, age = b.get("seq"), b.get("age_s")
+            out.append(BackupRow(str(b.get("vm", "?")), str(r.get("node")),
+                                 seq if isinstance(seq, int) else None,
+                                 float(age) if isinstance(age, int | float) else None,
+                                 _int(b.get("refused")), str(b.get("last_refusal") or "")))
+    return out
 
 
 def vm_rows(replies: Iterable[Mapping[str, Any]]) -> list[VmRow]:
@@ -180,21 +225,36 @@ def vms_table(rows: Iterable[VmRow]) -> str:
     return table([VM_HEAD, *cells])
 
 
-def vm_status_lines(rows: Sequence[VmRow], name: str) -> list[str]:
-    """`mycelium vm status NAME`: where it runs and how, and what a move does to it."""
+def vm_status_lines(rows: Sequence[VmRow], name: str,
+                    backups: Sequence[BackupRow] = ()) -> list[str]:
+    """`mycelium vm status NAME`: where it runs and how, what a move does to it, and the
+    checkpoints its backups hold."""
+    held = [f"  backup on {b.node}: " + ("nothing yet" if b.seq is None else
+            f"checkpoint {b.seq}, {duration_cell(b.age_s)} old")
+            + (f", {b.refused} refused (last: {b.last_refusal[:60]})" if b.refused else "")
+            for b in backups if b.name == name]
     if not rows:
         return [f"{name}: not supervised by any live node (not placed, or its node is "
-                "down; see `mycelium status --shares`)"]
+                "down; see `mycelium status --shares`)", *held]
     lines = []
     for v in rows:
         lines += [f"{v.name} on {v.node}: {v.state}" + (f" ({v.reason})" if v.reason else ""),
                   f"  accel {v.accel or '-'}, QMP {v.qmp or '-'}, up {duration_cell(v.uptime_s)}"
                   f", {v.restarts} restarts, {v.cpus} CPUs, {v.memory_mb} MiB",
                   f"  ports {', '.join(v.ports) or '-'}"]
-        if v.boot == "cold":
-            lines.append("  boot: cold (from its image) - on a move its memory and disk "
-                         "state stay behind until replication (issue 15)")
-    return lines
+        if v.accel_reason:
+            lines.append(f"  accel {v.accel}: {v.accel_reason}")
+        if v.boot == "cold" and v.replication:
+            lines.append("  boot: cold - replicated: a move resumes it from its last "
+                         "checkpoint")
+        elif v.boot == "cold":
+            lines.append("  boot: cold - on a move its memory and disk stay behind unless "
+                         "it is replicated (diskless, with backups)")
+        elif v.boot:
+            lines.append(f"  boot: {v.boot} (its memory kept)")
+        if v.replication:
+            lines.append(f"  replication: {v.replication}")
+    return lines + held
 
 
 def authority_cell(s: Mapping[str, Any]) -> str:

@@ -50,6 +50,7 @@ class BuildContext:
     users: tuple[User, ...] = ()
     network_files: tuple[Path, ...] = ()  # systemd-networkd files applied at first boot
     dashboard: bool = True  # the console dashboard on tty1 and the serial console
+    preinstall: tuple[str, ...] = ()  # components baked in (recipes.params.PREINSTALL)
     manifest: dict = field(default_factory=dict)
     k3s: Artifact | None = None  # the checked K3s binary, once resolved
 
@@ -80,14 +81,25 @@ def check_args(ctx: BuildContext) -> None:
     elif ctx.first_node or ctx.listen or ctx.join or ctx.node_name or ctx.network_files:
         raise BuildError("--first-node, --node-name, --listen, --join and --network-config "
                          "personalise an image: add --network DIR (made by `mycelium init`)")
+    preinstall_packages(ctx.preinstall)
     if ctx.k3s_artifact:
         check_artifact(ctx.k3s_artifact, ctx.k3s_sha256)
     elif ctx.k3s_sha256:
         raise BuildError("--k3s-sha256 checks a K3s binary: add --k3s-artifact PATH|URL")
 
 
+def preinstall_packages(components: tuple[str, ...]) -> tuple[str, ...]:
+    from recipes.params import PREINSTALL
+
+    unknown = sorted(set(components) - set(PREINSTALL))
+    if unknown:
+        raise BuildError(f"--preinstall {unknown[0]}: not a component; choose from "
+                         f"{', '.join(sorted(PREINSTALL))}")
+    return tuple(p for c in sorted(set(components)) for p in PREINSTALL[c])
+
+
 def bootstrap_rootfs(ctx: BuildContext) -> None:
-    spec = ctx.board.rootfs_spec()
+    spec = ctx.board.rootfs_spec(preinstall_packages(ctx.preinstall))
     with step(f"Bootstrapping {spec.arch} rootfs (cached: {spec.key()})"):
         tarball = bootstrap(spec)
         if ctx.rootfs.exists():
@@ -205,6 +217,7 @@ def write_manifest(ctx: BuildContext) -> Path:
                               for n, f in (("boot", "boot.vfat"), ("root", "root.ext4"))
                               if (ctx.work / f).exists()},
             "packages": dict(p.split(" ", 1) for p in pkgs if " " in p),
+            "preinstalled": sorted(set(ctx.preinstall)),
             "personalised": ctx.network is not None, "node_name": ctx.node_name,
             "k3s": ({"source": ctx.k3s.source, "path": K3S_BINARY, "sha256": ctx.k3s.sha256}
                     if ctx.k3s else None),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import apt, files, server
 
@@ -20,6 +21,7 @@ from configs import TEMPLATES
 from recipes import artifact, podman, units
 from recipes.names import name_path, safe_name
 from recipes.params import (
+    PODMAN_PACKAGES,
     AgentParams,
     BaseParams,
     BootParams,
@@ -159,9 +161,7 @@ def k3s(p: K3sParams | None) -> None:
 def containers(p: ContainersParams | None) -> None:
     wanted = p.manifests if p else {}
     if wanted:
-        # catatonit is podman's pause-process init: only a Recommends, which nodes skip
-        apt.packages(name="podman", packages=["podman", "catatonit"], update=True,
-                     cache_time=86400)
+        _packages("podman", PODMAN_PACKAGES)
     for name, text in sorted(wanted.items()):
         podman.kube(name=f"Service {name}", svc=name, manifest=text)
     for path in host.get_fact(FindFiles, path=podman.KUBE_DIR, fname="*.yaml"):
@@ -175,7 +175,16 @@ def vm_runtime(p: VmRuntimeParams | None) -> None:
     """QEMU for the endophytes placed here (the agent runs them). Left installed when none
     is placed any more, like podman: the agent stops the VMs, the packages cost only disk."""
     if p is not None:
-        apt.packages(name="QEMU", packages=list(p.packages), update=True, cache_time=86400)
+        _packages("QEMU", p.packages)
+
+
+def _packages(name: str, packages: tuple[str, ...]) -> None:
+    """Install `packages` unless all are there: then not even `apt-get update` runs, so a
+    node whose image has them baked in (`build.py --preinstall`) needs no network."""
+    have = host.get_fact(DebPackages)
+    if all(p in have for p in packages):
+        return
+    apt.packages(name=name, packages=list(packages), update=True, cache_time=86400)
 
 
 @deploy("k3s binary")

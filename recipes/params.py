@@ -61,6 +61,13 @@ class VmRuntimeParams:
     packages: tuple[str, ...] = ("qemu-system-x86", "qemu-utils")
 
 
+# catatonit is podman's pause-process init: only a Recommends, which nodes skip
+PODMAN_PACKAGES = ("podman", "catatonit")
+# What `build.py --preinstall` can bake into an image, so that a node's first apply of
+# that component needs no package download (offline sites, slow boards, boot tests)
+PREINSTALL = {"podman": PODMAN_PACKAGES, "qemu": VmRuntimeParams().packages}
+
+
 @dataclass(frozen=True)
 class BootParams:
     """What only a built image needs: mounts and the first-boot service."""

@@ -216,7 +216,16 @@ def test_without_sclerotia_a_newer_seed_spore_is_acted_on(cluster):
     rafts = set(view["raft_members"])
     down = [n for n in cluster.nodes if raft_addr(n.addr) in rafts]
     left = [n for n in cluster.nodes if n not in down]
-    pv = {n.name: api(cluster, "/api/v1/share", n.addr)["placement_version"] for n in left}
+
+    def settled() -> dict[str, int] | None:
+        """Every node left holds the leader's latest placement (read while one was still
+        travelling, the test once saw v4 here and v5 after the kill)."""
+        lv = leader_view(cluster)
+        pv = {n.name: api(cluster, "/api/v1/share", n.addr)["placement_version"]
+              for n in left}
+        return pv if lv and set(pv.values()) == {lv["placement_version"]} else None
+
+    pv = wait_for(settled, what="the leader's placement on every rhizomorph")
     for n in down:
         kill_node(n)
     wait_for(lambda: all(m["state"] == "dead" for m in api(cluster, "/api/v1/members",

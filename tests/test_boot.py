@@ -203,10 +203,13 @@ def test_two_nodes_form_a_network_and_run_a_podman_service(tmp_path):
     y.write_text(text.replace("interval_ms: 200 ", "interval_ms: 1000", 1))
     # No dashboards here (the single-node test checks them): two TCG guests on two host
     # cores are starved enough (a dashboard on ttyS0 used 112 s of CPU in its first 4 min).
+    # podman baked in (`--preinstall podman`): installing it from apt inside two TCG
+    # guests took 800 s of this test's first apply
     img1 = _build(d, "n1", "--first-node", "--listen", f"{MESH}.1:7946",
-                  "--network-config", str(_mesh_file(d, "n1", 1)), "--no-dashboard")
+                  "--network-config", str(_mesh_file(d, "n1", 1)), "--no-dashboard",
+                  "--preinstall", "podman")
     # n2 starts as a generic image, personalised after the build like a flashed card
-    img2 = _build_generic(d, "mycelium-x86-n2", "--no-dashboard")
+    img2 = _build_generic(d, "mycelium-x86-n2", "--no-dashboard", "--preinstall", "podman")
     _personalise(img2, net, "n2", "--listen", f"{MESH}.2:7946",
                  "--network-config", str(_mesh_file(d, "n2", 2)))
     for img in (img1, img2):

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.errors import RollbackError
+from agent.errors import RollbackError, TrustError
 from agent.gossip.member import MemberView, PeerMeta, RaftMeta
 from agent.node import api
 from agent.node.backbone import Backbone
 from agent.node.datadir import NodeDir, NodeIdentity
 from agent.node.events import EventLog
 from agent.node.seed import SeedLog
+from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.spec import VmPaths
 
 IDENT = NodeIdentity("n1", "rhizomorph", "net", "127.0.0.1:7000")
@@ -35,6 +38,7 @@ class FakeNode:
         self.seed_log = SeedLog()
         self.asked: list[str] = []
         self.vm_dirs: dict[str, Path] = {}
+        self.replicas: dict[str, ReplicaStore] = {}
 
     def node_info(self) -> dict[str, Any]:
         return {"name": self.identity.name}
@@ -65,6 +69,17 @@ class FakeNode:
 
     def vm_paths(self, name: str) -> VmPaths | None:
         return VmPaths(self.vm_dirs[name]) if name in self.vm_dirs else None
+
+    def vm_backups(self) -> list[dict[str, Any]]:
+        return [r.status() for r in self.replicas.values()]
+
+    async def offer_checkpoint(self, name: str, frame: bytes, by: str) -> int | None:
+        if by != "n2":
+            raise TrustError(f"node {by} is not the primary of VM {name}")
+        if name not in self.replicas:
+            raise LookupError(f"not a backup of {name}")
+        held = self.replicas[name].offer(frame)
+        return None if held is None else held.seq
 
     async def promote(self, secret: str, by: str) -> None:
         self.asked.append(f"promote by {by}")
@@ -145,6 +160,39 @@ def test_vm_routes_serial_tail_and_console(tmp_path):
                 assert got and b"tiny-counter 8" in seen and typed == [b"ls\r"]
                 assert (await asyncio.wait_for(ws.receive(), 5)).type.name == "CLOSE"
             server.close()
+    asyncio.run(run())
+
+
+@pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
+def test_checkpoint_route_takes_good_frames_and_refuses_the_rest(tmp_path):
+    from support.checkpoints import frame
+
+    async def run() -> None:
+        host = FakeNode()
+        host.replicas["db"] = ReplicaStore(tmp_path, "db")
+        peer = {"who": SimpleNamespace(node_name="n2", client_only=False)}
+
+        @web.middleware
+        async def as_peer(request: web.Request, handler):  # what the TLS layer sets
+            request["peer"] = peer["who"]
+            return await handler(request)
+
+        app = web.Application(middlewares=[as_peer])
+        app.add_routes(api.routes(host))
+        url = f"{api.API}/vms/db/checkpoint"
+        async with TestClient(TestServer(app)) as c:
+            r = await c.post(url, data=frame(seq=4, base=0, previous=None))
+            assert r.status == 200 and (await r.json()) == {"seq": 4}
+            r = await c.post(url, data=frame(seq=5, base=4)[:-3])
+            assert r.status == 409 and "sha256" in (await r.json())["error"]
+            assert (await c.post(f"{api.API}/vms/other/checkpoint", data=b"x")).status == 404
+            body = await (await c.get(f"{api.API}/vms")).json()
+            assert body["backups"][0]["seq"] == 4 and body["backups"][0]["refused"] == 1
+            peer["who"] = SimpleNamespace(node_name="n3", client_only=False)  # not primary
+            assert (await c.post(url, data=frame(seq=9, base=0, previous=None))).status == 403
+            peer["who"] = SimpleNamespace(node_name="op", client_only=True)  # an operator
+            assert (await c.post(url, data=frame(seq=9, base=0, previous=None))).status == 403
+            assert host.replicas["db"].held.seq == 4
     asyncio.run(run())
 
 

@@ -147,6 +147,7 @@ def test_image_build_checks_arguments_before_any_work(tmp_path, net):
      "must be 64 hex digits"),
     (["--k3s-sha256", "a" * 64], "add --k3s-artifact"),
     (["--no-network", "--first-node"], "add --network DIR"),
+    (["--preinstall", "docker"], "--preinstall docker: not a component; choose from podman, qemu"),
 ])
 def test_image_build_refuses_bad_arguments_in_one_line(tmp_path, net, capsys, monkeypatch,
                                                        args, message):
@@ -161,3 +162,18 @@ def test_image_build_refuses_bad_arguments_in_one_line(tmp_path, net, capsys, mo
     assert build.main(["--board", "x86", "--out", str(tmp_path / "dist"), *argv]) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+def test_preinstall_adds_the_components_packages_to_the_rootfs():
+    """Baked-in packages are the ones the recipes install, so a node's first apply finds
+    them and runs no `apt-get update` (recipes/deploys.py `_packages`)."""
+    from image.boards import get_board
+    from image.build import preinstall_packages
+    from recipes.params import PODMAN_PACKAGES, VmRuntimeParams
+
+    board = get_board("x86")
+    plain = board.rootfs_spec()
+    baked = board.rootfs_spec(preinstall_packages(("podman", "qemu", "podman")))
+    assert set(baked.packages) - set(plain.packages) == {*PODMAN_PACKAGES,
+                                                        *VmRuntimeParams().packages}
+    assert baked.key() != plain.key()  # its own cached bootstrap

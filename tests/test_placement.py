@@ -139,3 +139,83 @@ def test_a_joined_node_has_a_plan():
     # a share from a placement made before shares recorded role and runtime
     old = NodeShare("n1", endomycetes=("nginx",))
     assert plan_node(NGINX3, 1, "n1", old).share["runtime_reason"] == "no components.k3s"
+
+
+# --- endophytes by memory (issue 14) ---------------------------------------------------
+
+def _vms(*specs: tuple[str, int, int]) -> DesiredState:
+    return DesiredState("n", endophytes=tuple(Endophyte(n, "i", memory_mb=mb, backups=b)
+                                              for n, mb, b in specs))
+
+
+def _nodes(**mem: int | None) -> list[LiveMember]:
+    return [LiveMember(n, "rhizomorph", memory_mb=mb) for n, mb in mem.items()]
+
+
+def _hosts(s: dict[str, NodeShare], vm: str) -> list[str]:
+    """The VM's primary, then its backups."""
+    return ([n for n in s if vm in s[n].endophytes_primary]
+            + sorted(n for n in s if vm in s[n].endophytes_backup))
+
+
+MEMORY_CASES = [
+    # (nodes' memory, VMs (name, MiB, backups), where each lands, notes)
+    ({"a": 1024, "b": 1024}, [("db", 512, 1)], {"db": ["a", "b"]}, []),
+    ({"a": 512, "b": 256}, [("db", 1024, 0)], {"db": []},
+     ["db: not placed: needs 1024 MiB, largest free is 512 MiB on a"]),
+    ({"a": 1024, "b": 1024}, [("x", 768, 0), ("y", 768, 0), ("z", 768, 0)],
+     {"x": ["a"], "y": ["b"], "z": []},
+     ["z: not placed: needs 768 MiB, largest free is 256 MiB on a"]),
+    # a backup must be able to run the VM, so it needs the memory too
+    ({"a": 1024, "b": 512}, [("db", 768, 1)], {"db": ["a"]},
+     ["db: 1 of 2 (primary and 1 backup) placed: needs 768 MiB, largest free elsewhere "
+      "is 512 MiB on b"]),
+    # the load spreads VMs, memory only rules nodes out: the small node takes the small VM
+    ({"a": 2048, "b": 256}, [("big", 1024, 0), ("small", 256, 0)],
+     {"big": ["a"], "small": ["b"]}, []),
+    # a node that does not say what it has is not limited
+    ({"a": None, "b": 512}, [("db", 4096, 1)], {"db": ["a"]},
+     ["db: 1 of 2 (primary and 1 backup) placed: needs 4096 MiB, largest free elsewhere "
+      "is 512 MiB on b"]),
+    ({"a": None}, [("x", 4096, 0), ("y", 4096, 0)], {"x": ["a"], "y": ["a"]}, []),
+]
+
+
+def test_endophytes_are_placed_where_their_memory_fits():
+    for mem, specs, where, want_notes in MEMORY_CASES:
+        state, live = _vms(*specs), _nodes(**mem)
+        s = place(state, live)
+        assert {vm: _hosts(s, vm) for vm in where} == where, (mem, specs)
+        assert placement_notes(state, live, s) == want_notes, (mem, specs)
+
+
+def test_memory_comes_from_the_nodes_entry():
+    state = replace(_vms(("db", 768, 0)), nodes=(Node("n1", memory_mb=512),
+                                                 Node("n3", memory_mb=1024)))
+    live = {m.name: m for m in live_members(state, SEEN3)}
+    assert (live["n1"].memory_mb, live["n2"].memory_mb, live["n3"].memory_mb) == \
+        (512, None, 1024)
+    s = place(state, list(live.values()))
+    assert _hosts(s, "db") == ["n2"]  # n1 is too small; n2 and n3 fit, n2 first by name
+
+
+def test_kept_vms_are_counted_before_new_ones_take_memory():
+    live = _nodes(a=1024, b=1024)
+    first = place(_vms(("y", 768, 0)), live)
+    assert _hosts(first, "y") == ["a"]
+    # w comes first in the state and would take a by name; y keeps a, w goes to b
+    again = place(_vms(("w", 768, 0), ("y", 768, 0)), live, first, version=2)
+    assert (_hosts(again, "y"), _hosts(again, "w")) == (["a"], ["b"])
+
+
+def test_a_promoted_backup_keeps_the_memory_it_reserved():
+    live = _nodes(a=1024, b=1024, c=512)
+    first = place(_vms(("db", 768, 1), ("tiny", 256, 0)), live)
+    assert _hosts(first, "db") == ["a", "b"] and _hosts(first, "tiny") == ["c"]
+    after = place(_vms(("db", 768, 1), ("tiny", 256, 0)),
+                  [m for m in live if m.name != "a"], first, version=2)
+    assert _hosts(after, "db") == ["b"] and _hosts(after, "tiny") == ["c"]
+    assert placement_notes(_vms(("db", 768, 1), ("tiny", 256, 0)),
+                           [m for m in live if m.name != "a"], after) == [
+        "db: 1 of 2 (primary and 1 backup) placed: needs 768 MiB, largest free elsewhere "
+        "is 256 MiB on c"]

@@ -77,6 +77,11 @@ def test_starved_node_accuses_nobody_and_nobody_declares_it_dead(cluster: Cluste
         print(f"  by {name}: {seen[name] or 'none'}")
     dead = [(by, whom) for by, lines in seen.items() for kind, whom in lines if kind == "dead"]
     assert not dead, f"declared dead (by, whom): {dead}"
-    assert not [w for _, w in seen[victim.name]], "the starved node accused a healthy peer"
+    # A peer the healthy nodes also suspected was slow itself (on a loaded host the other
+    # core is shared too: seen once in CI with two QEMU guests beside the test); an
+    # accusation only the starved node made is the false one Lifeguard must prevent.
+    corroborated = {w for n in healthy for _, w in seen[n.name] if w != n.name}
+    false = [w for _, w in seen[victim.name] if w not in corroborated]
+    assert not false, f"the starved node alone accused healthy peers: {false}"
     wait_for(lambda: all(set(states(cluster, n.addr).values()) == {"alive"}
                          for n in cluster.nodes), what="all alive again")

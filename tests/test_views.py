@@ -170,7 +170,7 @@ def test_apply_lines():
 
 
 def test_vm_views_from_node_replies():
-    from agent.views import ShareRow, vm_rows, vm_status_lines, vms_table
+    from agent.views import ShareRow, backup_rows, vm_rows, vm_status_lines, vms_table
 
     replies = [{"node": "n2", "vms": [
         {"name": "db", "state": "running", "accel": "tcg", "qmp": "running",
@@ -190,8 +190,20 @@ def test_vm_views_from_node_replies():
                                 "5432->5432/tcp", "-"]
     lines = vm_status_lines([rows[0]], "db")
     assert lines[0] == "db on n2: running" and "2 CPUs, 512 MiB" in lines[1]
-    assert "boot: cold" in lines[3] and "issue 15" in lines[3]
+    assert "boot: cold" in lines[3] and "replicated" in lines[3]
     assert "not supervised by any live node" in vm_status_lines([], "db")[0]
+    replicated = [{"node": "n1", "vms": [{"name": "db", "state": "running",
+                                         "boot": "resumed from checkpoint 7", "replication": {
+        "seq": 9, "acked": {"127.0.0.1:7": 9}, "last": {
+            "seq": 9, "full": False, "dirtied_bytes": 600 * 1024, "wire_bytes": 90 * 1024,
+            "cycle_s": 0.8}}}], "backups": []},
+        {"node": "n3", "vms": [], "backups": [{"vm": "db", "seq": 9, "age_s": 1.2,
+                                               "refused": 1, "last_refusal": "sha256"}]}]
+    lines = vm_status_lines(vm_rows(replicated), "db", backup_rows(replicated))
+    assert "  boot: resumed from checkpoint 7 (its memory kept)" in lines
+    assert ("  replication: checkpoint 9: dirtied 600 KiB, sent 90 KiB, cycle 0.8 s; "
+            "backups took 127.0.0.1:7=9") in lines
+    assert lines[-1] == "  backup on n3: checkpoint 9, 0m01s old, 1 refused (last: sha256)"
     share = ShareRow.from_api({"node": "n2", "share": {"endophytes_primary": ["db", "new"]},
                                "vms": [{"name": "db", "state": "running"},
                                        {"name": "old", "state": "stopping"}]})

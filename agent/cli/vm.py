@@ -14,7 +14,7 @@ import sys
 from agent.authoring.netdir import find_network
 from agent.authoring.reach import fetch_vms, node_addresses
 from agent.errors import ConfigError
-from agent.views import vm_rows, vm_status_lines, vms_table
+from agent.views import backup_rows, vm_rows, vm_status_lines, vms_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,11 +58,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = [v for v in vm_rows(_replies(args)) if v.name == args.name]
+    replies = _replies(args)
+    rows = [v for v in vm_rows(replies) if v.name == args.name]
     if args.output == "json":
         print(json.dumps([v.__dict__ for v in rows], indent=2, sort_keys=True))
     else:
-        print("\n".join(vm_status_lines(rows, args.name)))
+        print("\n".join(vm_status_lines(rows, args.name, backup_rows(replies))))
     return 0 if rows else 1
 
 

@@ -7,6 +7,10 @@ die or join. Rules:
   go to the servers; podman-runtime nodes get replicas assigned here.
 - Podman replicas and endophytes (primary + backups) go to nodes matching the service's
   labels, never two of one service on the same node (anti-affinity), least loaded first.
+- Memory: a VM goes only where its memory_mb fits in what the node has (nodes[].memory_mb)
+  less the VMs already placed there, primaries and backups alike (a backup must be able
+  to run the VM when it takes over). A node that does not say how much it has is not
+  limited. VMs that keep their nodes are counted first, so a new VM never pushes one out.
 - Stable: an assignment that is still valid is kept, so a failure moves only what it must.
 - Members: every live member is placed with the role its certificate gives it; a `nodes:`
   entry of the same name only adds labels and a runtime. A node without a runtime gets
@@ -19,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.desired.model import DesiredState, NodeShare, Runtime
+from agent.desired.model import DesiredState, Endophyte, NodeShare, Runtime
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class LiveMember:
     labels: dict[str, str] = field(default_factory=dict)
     runtime: str = "k3s"
     runtime_reason: str = ""
+    memory_mb: int | None = None  # what it has for VMs (nodes[].memory_mb); None: unknown
 
 
 Placement = dict[str, NodeShare]
@@ -56,7 +61,8 @@ def live_members(state: DesiredState, seen: dict[str, tuple[str, str]]) -> list[
         node = state.node(name)
         runtime, why = runtime_for(state, name)
         out.append(LiveMember(name, role or (node.role if node else "rhizomorph"), host,
-                              dict(node.labels) if node else {}, runtime, why))
+                              dict(node.labels) if node else {}, runtime, why,
+                              node.memory_mb if node else None))
     return out
 
 
@@ -99,18 +105,7 @@ def place(state: DesiredState, live: list[LiveMember],
         keep = [n for n, s in previous.items() if svc.name in s.endomycetes]
         for n in _pick(cands, keep, svc.replicas, load):
             endos[n].append(svc.name)
-    prim: dict[str, list[str]] = {m.name: [] for m in live}
-    back: dict[str, list[str]] = {m.name: [] for m in live}
-    for vm in state.endophytes:
-        cands = [m for m in workers if _matches(m, vm.labels)]
-        keep_p = [n for n, s in previous.items() if vm.name in s.endophytes_primary]
-        keep_b = [n for n, s in previous.items() if vm.name in s.endophytes_backup]
-        # a surviving backup is promoted before anyone else: it holds the memory
-        chosen = _pick(cands, keep_p + keep_b, 1 + vm.backups, load)
-        if chosen:
-            prim[chosen[0]].append(vm.name)
-            for n in chosen[1:]:
-                back[n].append(vm.name)
+    prim, back = _place_vms(state, workers, previous, load)
     shares = {}
     for m in live:
         role = None
@@ -119,11 +114,67 @@ def place(state: DesiredState, live: list[LiveMember],
         elif m.role != "hypha" and m.runtime == "k3s":
             role = "agent"
         shares[m.name] = NodeShare(m.name, role, server_url if role == "agent" else "",
-                                   tuple(endos[m.name]), tuple(prim[m.name]),
-                                   tuple(back[m.name]), version, m.role,
+                                   tuple(endos[m.name]), tuple(prim.get(m.name, ())),
+                                   tuple(back.get(m.name, ())), version, m.role,
                                    *((m.runtime, m.runtime_reason) if m.role != "hypha"
                                      else ("", "")))
     return shares
+
+
+def _place_vms(state: DesiredState, workers: list[LiveMember], previous: Placement,
+               load: dict[str, int]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Primary and backups of each endophyte: (node -> VMs it is primary for, node -> VMs
+    it backs up). Kept assignments are reserved first, then the rest is filled."""
+    free = {m.name: m.memory_mb for m in workers}
+    hosts: dict[str, list[str]] = {}
+    for vm in state.endophytes:  # first what stays: the previous primary, then backups
+        names = {m.name for m in workers if _matches(m, vm.labels)}
+        prev = ([n for n, s in sorted(previous.items()) if vm.name in s.endophytes_primary]
+                + [n for n, s in sorted(previous.items()) if vm.name in s.endophytes_backup])
+        hosts[vm.name] = []
+        for n in dict.fromkeys(prev):  # a surviving backup is promoted: it holds the memory
+            if n in names and len(hosts[vm.name]) < 1 + vm.backups and _fits(free, n, vm):
+                _reserve(free, load, n, vm)
+                hosts[vm.name].append(n)
+    for vm in state.endophytes:
+        chosen = hosts[vm.name]
+        rest = sorted((m for m in workers if _matches(m, vm.labels) and m.name not in chosen
+                       and _fits(free, m.name, vm)), key=lambda m: (load[m.name], m.name))
+        for m in rest[: 1 + vm.backups - len(chosen)]:
+            _reserve(free, load, m.name, vm)
+            chosen.append(m.name)
+    prim: dict[str, list[str]] = {m.name: [] for m in workers}
+    back: dict[str, list[str]] = {m.name: [] for m in workers}
+    for vm in state.endophytes:
+        for i, n in enumerate(hosts[vm.name]):
+            (back if i else prim)[n].append(vm.name)
+    return prim, back
+
+
+def _fits(free: dict[str, int | None], node: str, vm: Endophyte) -> bool:
+    left = free[node]
+    return left is None or left >= vm.memory_mb
+
+
+def _reserve(free: dict[str, int | None], load: dict[str, int], node: str,
+             vm: Endophyte) -> None:
+    left = free[node]
+    if left is not None:
+        free[node] = left - vm.memory_mb
+    load[node] += 1
+
+
+def free_memory(state: DesiredState, live: list[LiveMember],
+                placement: Placement) -> dict[str, int]:
+    """MiB left for VMs on each node that says what it has, after `placement`'s VMs."""
+    mem = {e.name: e.memory_mb for e in state.endophytes}
+    out = {}
+    for m in live:
+        if m.memory_mb is not None and m.role != "hypha":
+            s = placement.get(m.name, NodeShare(m.name))
+            vms = s.endophytes_primary + s.endophytes_backup
+            out[m.name] = m.memory_mb - sum(mem.get(v, 0) for v in vms)
+    return out
 
 
 def placement_notes(state: DesiredState, live: list[LiveMember],
@@ -135,6 +186,7 @@ def placement_notes(state: DesiredState, live: list[LiveMember],
     k3s_up = bool(state.components.k3s.binary) and any(
         s.k3s_role == "server" for s in placement.values())
     notes = []
+    free = free_memory(state, live, placement)
     for svc in state.endomycetes:
         on = [n for n, s in placement.items() if svc.name in s.endomycetes]
         fit = [m for m in workers if _matches(m, svc.labels)]
@@ -151,9 +203,21 @@ def placement_notes(state: DesiredState, live: list[LiveMember],
         if len(on) >= want:
             continue
         fit = [m for m in workers if _matches(m, vm.labels)]
+        names = {m.name for m in fit}
+        short = {n: f for n, f in free.items() if n in names and n not in on}
+        roomy = sum(m.name not in on and short.get(m.name, vm.memory_mb) >= vm.memory_mb
+                    for m in fit)
+        if fit and len(on) + roomy < want:  # memory stopped it: how far off is the roomiest
+            big = max(sorted(short), key=lambda n: short[n], default=None)
+            room = f"{short[big]} MiB on {big}" if big else "none"
+            why = f"needs {vm.memory_mb} MiB, largest free {'elsewhere ' if on else ''}is {room}"
+            if not on:
+                notes.append(f"{vm.name}: not placed: {why}")
+                continue
+        else:
+            why = _why(vm.labels, workers, fit, fit, want)
         notes.append(f"{vm.name}: {len(on)} of {want} (primary and {vm.backups} backup"
-                     f"{'s' if vm.backups != 1 else ''}) placed: "
-                     f"{_why(vm.labels, workers, fit, fit, want)}")
+                     f"{'s' if vm.backups != 1 else ''}) placed: {why}")
     return notes
 
 

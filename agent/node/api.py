@@ -21,6 +21,7 @@ from agent.errors import DataError, StorageError, TrustError
 from agent.gossip.member import MemberView
 from agent.node.datadir import NodeIdentity
 from agent.node.events import EventLog
+from agent.node.vm.checkpoint import FrameError
 from agent.node.vm.console import SERIAL_TAIL_MAX, console, log_tail
 from agent.node.vm.spec import VmPaths
 from agent.serve import read_body, read_json, refusal
@@ -28,6 +29,8 @@ from agent.trust.envelope import Envelope
 from agent.trust.rules import MAX_ENVELOPE_BYTES
 
 API = "/api/v1"
+CHECKPOINT_MAX = 1 << 31  # bytes of one VM checkpoint frame (a full one of a large guest)
+CHECKPOINT_DEADLINE = 120.0  # s to receive one
 
 
 class NodeHost(Protocol):
@@ -50,6 +53,13 @@ class NodeHost(Protocol):
     def share_info(self) -> dict[str, Any]: ...
     def k3s_token_local(self) -> str | None: ...
     def vm_status(self) -> list[dict[str, Any]]: ...
+    def vm_backups(self) -> list[dict[str, Any]]: ...
+
+    async def offer_checkpoint(self, name: str, frame: bytes, by: str) -> int | None:
+        """A checkpoint of VM `name` from node `by`: the sequence now held, or None for
+        a part of a split frame kept until the rest comes. TrustError unless `by` is the
+        VM's primary, LookupError if this node is not its backup, FrameError if the frame
+        is refused."""
 
     def release_file(self, sha256: str) -> Path | None:
         """The release artifact this node holds under that SHA-256, or None."""
@@ -160,7 +170,30 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         return web.json_response({"ok": True})
 
     async def vms(_: web.Request) -> web.Response:
-        return web.json_response({"node": agent.identity.name, "vms": agent.vm_status()})
+        return web.json_response({"node": agent.identity.name, "vms": agent.vm_status(),
+                                  "backups": agent.vm_backups()})
+
+    async def checkpoint(request: web.Request) -> web.Response:
+        """A VM checkpoint frame (agent/node/vm/checkpoint.py) from the VM's primary."""
+        try:
+            by = _node_peer(request)
+        except TrustError:
+            return web.json_response({"error": "only a node certificate may send a VM "
+                                      "checkpoint"}, status=403)
+        data = await read_body(request, CHECKPOINT_MAX, CHECKPOINT_DEADLINE)
+        try:
+            seq = await agent.offer_checkpoint(request.match_info["name"], data, by)
+        except TrustError as e:
+            return web.json_response({"error": str(e)}, status=403)
+        except LookupError as e:
+            return web.json_response({"error": str(e)}, status=404)
+        except FrameError as e:
+            return web.json_response({"error": f"checkpoint refused: {e}"}, status=409)
+        except StorageError as e:
+            return web.json_response({"error": str(e)}, status=507)
+        if seq is None:
+            return web.json_response({"part": "kept"}, status=202)
+        return web.json_response({"seq": seq})
 
     def _vm(request: web.Request) -> VmPaths:
         paths = agent.vm_paths(request.match_info["name"])
@@ -225,6 +258,7 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         web.get(f"{API}/vms", vms),
         web.get(f"{API}/vms/{{name}}/serial", serial),
         web.get(f"{API}/vms/{{name}}/console", vm_console),
+        web.post(f"{API}/vms/{{name}}/checkpoint", checkpoint),
         web.get(f"{API}/primary", primary),
         web.post(f"{API}/primary/promote", promote),
         web.post(f"{API}/primary/demote", demote),

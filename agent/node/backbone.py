@@ -50,6 +50,7 @@ from agent.tuning import (
     PROPOSE_EVERY,
     PUBLISH_EVERY,
     RAFT_REMOVE_AFTER,
+    raft_pace,
 )
 
 log = logging.getLogger("mycelium")
@@ -76,6 +77,9 @@ class BackboneHost(Protocol):
 
     def on_primary(self, version: int, placement: dict[str, Any]) -> None:
         """A placement the Primary committed (adopted by the host if newer)."""
+
+    def gossip_interval(self) -> float:
+        """The gossip round in force (Raft's timers scale with it)."""
 
     def may_place(self) -> bool:
         """This node leads the Raft cluster with a majority behind it."""
@@ -111,6 +115,8 @@ class Backbone:
         self._published: tuple[Any, ...] = ()
         self._publish_at = 0.0
         self._dead_since: dict[str, float] = {}  # this leader's view: name -> first seen dead
+        self._acting_term = -1  # the last term this node acted as leader in
+        self._pace: tuple[float, float, float] | None = None  # Raft timers in force
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -172,6 +178,10 @@ class Backbone:
                 return  # no leader visible yet: wait for gossip
             self._start_store(others)
         assert self.primary is not None and self.store is not None
+        pace = raft_pace(self.agent.gossip_interval())
+        if pace != self._pace:
+            self._pace = pace
+            self.store.set_pace(pace[0], pace[1:])
         members = self.store.raft_members()
         if self.raft in members and members != self.node.read_raft_members():
             try:
@@ -183,6 +193,10 @@ class Backbone:
         view = self.primary.read()
         self.agent.on_primary(view["placement_version"], view["placement"])
         if self.agent.may_place():  # the Raft leader, with a majority
+            term = self.primary.term()
+            if term != self._acting_term:  # one line per term: tests check one actor each
+                self._acting_term = term
+                self.agent.events.add("raft", f"acting as leader in term {term}")
             await self._lead(members)
         self.agent.refresh_meta()
 

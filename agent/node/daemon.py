@@ -68,6 +68,7 @@ from agent.node.rollout import RolloutDriver
 from agent.node.seed import SeedLog
 from agent.node.selfupdate import HEALTH, RESTART_EXIT, Health, running_release, write_health
 from agent.node.updater import Updater
+from agent.node.vm.replicator import backed_up_vms, replicated_vms
 from agent.node.vm.runtime import VmRuntime
 from agent.node.vm.spec import VmPaths, wanted_vms
 from agent.raft.membership import raft_addr
@@ -178,7 +179,6 @@ class Agent:
             tls.client_context(node.crt, node.key, node.ca_crt), self.check_peer_cert)
         # after the TLS contexts, which name a file that does not load at all
         node.check_tls_files(node.root())
-        node.check_ca_key()
         node.check_raft_secret()
         self.peers = PeerClient(self.peer_ssl)  # pooled; gossip shares it, revocation resets it
         self.latent: LatentSpore | None = None
@@ -189,7 +189,8 @@ class Agent:
         self.primary_members: tuple[str, ...] = ()  # the registry, as last fetched
         self.reconciler: Reconciler | None = None
         self.vms = VmRuntime(node.path, stop_deadline=opts.vm_stop_deadline,
-                             on_change=self._on_vm_change)
+                             on_change=self._on_vm_change, send=self._send_checkpoint,
+                             targets=self._vm_backup_addrs)
         self._vm_states: dict[str, str] = {}
         self.backbone: Backbone | None = None
         self._fetching: asyncio.Task | None = None
@@ -320,17 +321,21 @@ class Agent:
                                                        unix_path=str(path),
                                                        unix_mode=PRIVATE_FILE))
 
+    def _gossip_pace(self) -> tuple[float, int]:
+        """(round interval, fanout): the --gossip-interval flag, else the held state's,
+        else the defaults. Applied at start and on every new state (a node that starts at
+        v0 would otherwise run the default 200 ms rounds forever)."""
+        latent = self.state.spores.latent if self.state is not None else None
+        interval = self.opts.gossip_interval or (latent.interval_ms / 1000 if latent else 0)
+        return interval or GOSSIP_INTERVAL, latent.fanout if latent else GOSSIP_FANOUT
+
     def _make_latent(self, app: web.Application) -> LatentSpore:
-        interval = self.opts.gossip_interval
-        fanout = GOSSIP_FANOUT
-        if self.state is not None:
-            interval = interval or self.state.spores.latent.interval_ms / 1000
-            fanout = self.state.spores.latent.fanout
+        interval, fanout = self._gossip_pace()
         # Peers reach us at the advertised address (identity), which may differ from the
         # bind address behind NAT or a proxy.
         latent = LatentSpore(self.identity.name, self.identity.listen,
                              HttpTransport(self.peers),
-                             interval=interval or GOSSIP_INTERVAL, fanout=fanout,
+                             interval=interval, fanout=fanout,
                              get_meta=self.meta, on_event=self._on_gossip_event,
                              on_merge=self._after_merge,
                              # timers on the monotonic clock; the incarnation from wall
@@ -390,12 +395,7 @@ class Agent:
         """Hook for the reconcile loop and gossip meta refresh."""
         self.sync_vms()
         if self.latent is not None:
-            # network.yaml's round and fanout apply from the state that names them, not
-            # only at start (a node that starts at v0 ran the default 200 ms forever)
-            if self.state is not None:
-                if self.opts.gossip_interval is None:
-                    self.latent.interval = self.state.spores.latent.interval_ms / 1000
-                self.latent.fanout = self.state.spores.latent.fanout
+            self.latent.interval, self.latent.fanout = self._gossip_pace()
             self.latent.refresh()
             asyncio.get_running_loop().create_task(self._announce())
         if self.reconciler is not None:
@@ -518,6 +518,9 @@ class Agent:
             primary = gossip_primary(members, self.primary_members)
         return decide(primary, self.seed_view, latent_view(members), self.held.placement_version)
 
+    def gossip_interval(self) -> float:
+        return self.latent.interval if self.latent else self._gossip_pace()[0]
+
     def may_place(self) -> bool:
         return self.decision().may_place
 
@@ -537,7 +540,34 @@ class Agent:
 
     def sync_vms(self) -> None:
         """Start and stop VMs to match this node's share now (idempotent, cheap)."""
-        self.vms.apply(wanted_vms(self.state, self.held.share()))
+        share = self.held.share()
+        self.vms.apply(wanted_vms(self.state, share), backed_up_vms(self.state, share),
+                       replicated_vms(self.state, share))
+
+    def _vm_backup_addrs(self, name: str) -> list[str]:
+        """API addresses of the live nodes placed as backups of VM `name`."""
+        nodes = {n for n, s in self.held.shares().items()
+                 if name in s.endophytes_backup and n != self.identity.name}
+        return [m.addr for m in self.members() if m.name in nodes and m.alive]
+
+    async def _send_checkpoint(self, addr: str, name: str, frame: bytes) -> int:
+        reply = await self.peers.request("POST", f"https://{addr}{api.API}/vms/{name}/checkpoint",
+                                         data=frame, timeout=api.CHECKPOINT_DEADLINE)
+        if reply.status != 200:
+            log.warning("vm %s: checkpoint to %s: %s %s", name, addr, reply.status,
+                        reply.body[:200].decode(errors="replace"))
+        return reply.status
+
+    async def offer_checkpoint(self, name: str, frame: bytes, by: str) -> int | None:
+        share = self.held.shares().get(by)
+        if share is None or name not in share.endophytes_primary:
+            raise TrustError(f"node {by} is not the primary of VM {name} in the placement "
+                             "held here")
+        held = await asyncio.to_thread(self.vms.offer, name, frame)
+        return None if held is None else held.seq
+
+    def vm_backups(self) -> list[dict[str, Any]]:
+        return self.vms.backup_status()
 
     async def _watch_vms(self) -> None:
         """Catch what no event announced (a placement computed from gossip changing as
@@ -634,6 +664,8 @@ class Agent:
                 "seed": self.seed_log.to_dict(),
                 "release": {**self.releases.meta().to_wire(), "served": self.releases.served,
                             "fetched_from": self.releases.fetched_from},
+                "gossip": {"interval_s": self.latent.interval, "fanout": self.latent.fanout}
+                if self.latent else None,
                 "problem": "; ".join(self.events.problems.values())}
 
     def members(self) -> list[MemberView]:

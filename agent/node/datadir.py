@@ -34,6 +34,7 @@ from agent.raft.secrets import secret_check
 from agent.statefile import VersionStore, atomic_write, read_root_chain
 from agent.trust.encoding import dump_json, load_json_object
 from agent.trust.envelope import Envelope
+from agent.trust.pki import fingerprint, issued_by, key_matches
 from agent.trust.root import Root
 from agent.trust.rules import verify_root_chain
 from agent.trust.signed import now_utc
@@ -154,35 +155,29 @@ class NodeDir:
             return None
 
     def check_tls_files(self, root: Root) -> None:
-        """At start: ca.crt is the CA the root names, node.crt is issued by it and node.key
-        is its key. A flipped byte in any of them can still load, and the node would then
-        start and fail every handshake in silence."""
-        from agent.trust.pki import fingerprint, issued_by, key_matches
-
+        """At start: ca.crt is the CA the root names, node.crt is issued by it, node.key is
+        its key and, on a sclerotium, ca.key (which signs new certificates) is ca.crt's
+        key. A flipped byte in any of them can still load, and the node would then start
+        and fail every handshake in silence. Each file is read once."""
         expected = root.extra.get("ca_sha256")
         try:
-            if isinstance(expected, str) and fingerprint(self.ca_crt.read_bytes()) != expected:
+            ca, crt = self.ca_crt.read_bytes(), self.crt.read_bytes()
+            if isinstance(expected, str) and fingerprint(ca) != expected:
                 raise ConfigError(f"{self.ca_crt} is not the CA the root names (ca_sha256); "
                                   "restore it from the network directory or another node")
-            if not issued_by(self.crt.read_bytes(), self.ca_crt.read_bytes()):
+            if not issued_by(crt, ca):
                 raise ConfigError(f"{self.crt} is not issued by {self.ca_crt}; restore it "
                                   "from a backup or enrol the node again")
-            if not key_matches(self.key.read_bytes(), self.crt.read_bytes()):
+            if not key_matches(self.key.read_bytes(), crt):
                 raise ConfigError(f"{self.key} is not the key of {self.crt}; restore it "
                                   "from a backup or enrol the node again")
         except CertificateError as e:  # loaded by OpenSSL but refused by cryptography: rare
             raise ConfigError(f"ca.crt, node.crt or node.key in {self.path} is corrupt ({e}); "
                               "restore them or enrol the node again") from e
-
-    def check_ca_key(self) -> None:
-        """At start on a sclerotium: the CA key it signs certificates with (and hands to
-        new sclerotia) must be the key of ca.crt."""
-        from agent.trust.pki import key_matches
-
         if not self.ca_key.exists():
             return
         try:
-            ok = key_matches(self.ca_key.read_bytes(), self.ca_crt.read_bytes())
+            ok = key_matches(self.ca_key.read_bytes(), ca)
         except DataError as e:
             raise ConfigError(f"{self.ca_key} is unreadable or corrupt ({e}); restore it "
                               "from a backup or another sclerotium") from e

@@ -177,6 +177,14 @@ class HeldState:
                                    self.identity.name, self.identity.role)
         return place(self.state, self.live(), version=self.version).get(self.identity.name)
 
+    def shares(self) -> dict[str, NodeShare]:
+        """Every node's share, as share() reads its own (VM replication finds backups)."""
+        if self.state is None:
+            return {}
+        if self.placement_version:
+            return self.placement
+        return place(self.state, self.live(), version=self.version)
+
     def share_moved(self) -> bool:
         """The share differs from the one the last plan was made for."""
         return self.share() != self.last_share

@@ -28,6 +28,7 @@ from pysyncobj.syncobj import FAIL_REASON
 
 from agent.errors import PeerError
 from agent.raft import frames
+from agent.raft.appends import skip_known
 from agent.raft.journal import align_journal
 from agent.raft.secrets import raft_password
 from agent.tuning import RAFT_ELECTION, RAFT_HEARTBEAT, RAFT_RECONNECT, RAFT_TICK
@@ -81,12 +82,38 @@ class PrimaryStore(SyncObj):
         for f in data_dir.glob("raft.*"):
             os.chmod(f, 0o600)
 
+    def set_pace(self, heartbeat: float, election: tuple[float, float]) -> None:
+        """Raft's timers after start (agent/tuning.py `raft_pace`); pysyncobj reads them
+        from its config at every use. The leader's fallback and our lease follow the
+        shortest election timeout."""
+        conf = self._SyncObj__conf
+        conf.appendEntriesPeriod = heartbeat
+        conf.raftMinTimeout, conf.raftMaxTimeout = election
+        conf.leaderFallbackTimeout = election[0]
+
+    def election_timeout(self) -> float:
+        return float(self._SyncObj__conf.raftMinTimeout)
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's
         super()._onTick(timeToWait)
         now = time.monotonic()
         if now - self._swept >= 1.0:  # strangers on the Raft port meet their deadline
             self._swept = now
             frames.sweep(self._poller)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        """pysyncobj's handler, after `skip_known` dropped what this log already holds
+        from an AppendEntries (agent/raft/appends.py says why)."""
+        if isinstance(message, dict) and message.get("type") == "append_entries" \
+                and "prevLogIdx" in message and message.get("transmission") is None:
+            ours = self._SyncObj__getEntries(message["prevLogIdx"])
+            if ours and ours[0][2] == message["prevLogTerm"]:
+                fixed = skip_known(message["prevLogIdx"], message.get("entries", []), ours,
+                                   self._SyncObj__raftCommitIndex)
+                if fixed is not None:
+                    message = {**message, "prevLogIdx": fixed[0], "prevLogTerm": fixed[1],
+                               "entries": fixed[2]}
+        super()._SyncObj__onMessageReceived(node, message)
 
     @replicated
     def put_envelope(self, version: int, sha256: str, data: bytes) -> bool:
@@ -194,6 +221,10 @@ class PrimarySpore:
     def is_leader(self) -> bool:
         return bool(self.store._isLeader()) and bool(self.store._isReady())
 
+    def term(self) -> int:
+        """The Raft term this replica is in (pysyncobj keeps it private)."""
+        return int(self.store._SyncObj__raftCurrentTerm)
+
     def has_quorum(self) -> bool:
         """A leader that reaches a majority, or a follower that reaches such a leader."""
         s = self.store
@@ -203,7 +234,7 @@ class PrimarySpore:
             # it leads until its Raft thread reads the newer term; it must not place or
             # publish meanwhile (issue 12 §3).
             heard = s._SyncObj__lastResponseTime  # pysyncobj keeps it private
-            since = time.monotonic() - RAFT_ELECTION[0]
+            since = time.monotonic() - s.election_timeout()
             fresh = sum(1 for n in s.otherNodes
                         if s.isNodeConnected(n) and heard.get(n, 0.0) > since)
             return 1 + fresh > (len(s.otherNodes) + 1) / 2
@@ -218,5 +249,6 @@ class PrimarySpore:
                 "placement_version": s.placement_version, "placement": dict(s.placement),
                 "raft_members": s.raft_members(), "dynamic": dict(s.dynamic),
                 "rollout": dict(s.rollout),
-                "possibly_stale": not s._isLeader(),
+                "possibly_stale": not s._isLeader(), "term": self.term(),
+                "election_timeout": s.election_timeout(),
                 "leader": leader.id if leader is not None else ""}

@@ -23,8 +23,9 @@ class Board:
     boot_min_mb: int = 0  # smallest FAT partition, whatever its content (see rpi.py)
     serial: str = "ttyS0"  # the serial console (the last console= argument); rpi.py sets its own
 
-    def rootfs_spec(self) -> RootfsSpec:
-        return RootfsSpec(self.arch, CORE_PACKAGES + self.packages,
+    def rootfs_spec(self, extra: tuple[str, ...] = ()) -> RootfsSpec:
+        """`extra`: packages baked in on request (`build.py --preinstall`)."""
+        return RootfsSpec(self.arch, CORE_PACKAGES + self.packages + extra,
                           components=self.components, extra_suites=self.extra_suites)
 
     def boot_files(self, rootfs: Path, work: Path) -> dict[str, Path]:

@@ -5,8 +5,8 @@ drivers from the host's modules, configures QEMU's user network (10.0.2.15), ser
 HTTP on port 80 (the page says `tiny-vm`), powers off on ACPI powerdown (busybox acpid),
 and prints `tiny-counter N` once a second on the serial port (ttyS0), N increasing.
 
-The initramfs is a newc cpio written here (no cpio or root needed), gzip-compressed, and
-built once into the cache ($MYCELIUM_CACHE/tinyvm, named by its inputs' hash).
+The initramfs is a newc cpio (agent/node/vm/initramfs.py: no cpio or root needed),
+gzip-compressed, and built once into the cache ($MYCELIUM_CACHE/tinyvm, named by its inputs' hash).
 Needs `busybox-static` and `linux-image-amd64` (both in .ci/install --test).
 """
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from agent.node.vm.initramfs import newc
 
 BUSYBOX = Path("/bin/busybox")
 MODULES = ("kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
@@ -95,20 +96,3 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
         part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
         part.rename(initrd)
     return TinyVM(kernel, initrd)
-
-
-def newc(files: dict[str, tuple[bytes, int]]) -> bytes:
-    """A newc cpio archive of regular files (their parent directories added), as the
-    kernel unpacks an initramfs."""
-    dirs = sorted({str(p) for n in files for p in Path(n).parents if str(p) != "."})
-    entries = [(d, b"", 0o040755) for d in dirs]
-    entries += [(n, data, 0o100000 | mode) for n, (data, mode) in sorted(files.items())]
-    out = io.BytesIO()
-    for ino, (name, data, mode) in enumerate([*entries, ("TRAILER!!!", b"", 0)], 1):
-        raw = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
-        out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + raw)
-        out.write(b"\0" * (-(110 + len(raw)) % 4))
-        out.write(data)
-        out.write(b"\0" * (-len(data) % 4))
-    return out.getvalue()

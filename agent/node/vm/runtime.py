@@ -7,6 +7,14 @@ a move back finds them, and issue 15 will ship them). A VM whose spec changed is
 and started again with the new one, never both at once. A failed VM stays failed (with
 its reason) until its spec changes or it leaves this node and comes back.
 
+VM memory replication (README "VM memory replication"): a VM placed here with an
+interval in `replicate` gets a Replicator that ships checkpoints to `targets(name)`; a VM
+in `backups` gets a ReplicaStore that takes them (`offer`). When a VM this node backed up
+is placed here, its QEMU resumes from the store's last good checkpoint instead of booting
+cold: from the store kept in memory while it was a backup, or from disk after a restart
+when the checkpoint is under RESUME_MAX_AGE_S old (an older one is not the VM's memory
+any more, someone else ran it since).
+
 The runtime is an async context manager: leaving it stops every VM (the agent is
 stopping; its VMs would be orphans otherwise).
 """
@@ -14,23 +22,47 @@ stopping; its VMs would be orphans otherwise).
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.node.vm.accel import accel_reason, choose_accel
+from agent.node.vm.checkpoint import Held
+from agent.node.vm.cpulimit import CpuLimit
 from agent.node.vm.policy import DEFAULT_POLICY, Policy
+from agent.node.vm.replica import ReplicaStore
+from agent.node.vm.replicator import Replication, Replicator, Send
 from agent.node.vm.spec import VmPaths, VmSpec
-from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor
+from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor, systemd_scopes
+
+log = logging.getLogger("mycelium.vm")
 
 SUMMARY_MAX = 16  # VMs named in the gossip meta
+RESUME_MAX_AGE_S = 600.0  # a checkpoint on disk older than this is not resumed from
+
+
+async def _no_send(addr: str, name: str, frame: bytes) -> int:
+    return 0
 
 
 class VmRuntime:
     def __init__(self, data_dir: Path, *, policy: Policy = DEFAULT_POLICY,
                  stop_deadline: float = STOP_DEADLINE_S, qemu: str = "qemu-system-x86_64",
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 send: Send = _no_send,
+                 targets: Callable[[str], list[str]] = lambda _: []) -> None:
         self.root = data_dir / "vms"
+        self.replica_root = data_dir / "vm-replicas"
+        self.send, self.targets = send, targets
+        self.replicas: dict[str, ReplicaStore] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self.replicators: dict[str, Replicator] = {}
+        self._caps: dict[str, CpuLimit] = {}  # the CPU caps replication made, per VM
         self.cache = data_dir / "vm-images"
+        self.accel = functools.partial(choose_accel, cache=data_dir / "vm-accel.json")
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self.on_change = on_change
         self.vms: dict[str, VmSupervisor] = {}
@@ -43,14 +75,19 @@ class VmRuntime:
     async def __aexit__(self, *exc: object) -> None:
         self.apply({})
         self._closed = True
-        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+        await asyncio.gather(*self._stopping.values(), *self._loading.values(),
+                             return_exceptions=True)
 
     def paths(self, name: str) -> VmPaths:
         return VmPaths(self.root / name)
 
-    def apply(self, wanted: dict[str, VmSpec]) -> None:
+    def apply(self, wanted: dict[str, VmSpec], backups: frozenset[str] = frozenset(),
+              replicate: dict[str, Replication] | None = None) -> None:
+        """`wanted`: VMs to run here; `backups`: VMs whose checkpoints this node takes;
+        `replicate`: how the wanted VMs that have backups are replicated."""
         if self._closed:
             return
+        replicate = replicate or {}
         for name in [n for n, sup in self.vms.items()
                      if n not in wanted or sup.spec != wanted[n]]:
             self._stop(name)
@@ -58,11 +95,76 @@ class VmRuntime:
             if name not in self.vms:
                 sup = VmSupervisor(spec, self.paths(name), self.cache, policy=self.policy,
                                    stop_deadline=self.stop_deadline, qemu=self.qemu,
-                                   on_change=self.on_change)
+                                   accel=self.accel, on_change=self.on_change,
+                                   resume=self._resumer(name, self.replicas.get(name)))
                 self.vms[name] = sup
                 sup.start(after=self._stopping.get(name))
+            self._replicate(name, replicate.get(name))
+        for name in set(self.replicas) - backups:
+            del self.replicas[name]  # its files stay: a move here resumes from them
+        for name in backups - set(self.replicas) - set(self._loading) - set(wanted):
+            self._loading[name] = asyncio.create_task(self._load_replica(name))
+
+    async def _load_replica(self, name: str) -> None:
+        """A backup's store, read from its files off the event loop (a chain of frames
+        to verify and apply: a second or more); checkpoints offered meanwhile get 404
+        and the primary sends a full one next time."""
+        try:
+            store = await asyncio.to_thread(ReplicaStore, self.replica_root, name)
+        except OSError as e:  # tried again at the next apply
+            log.warning("vm %s: cannot keep its checkpoints here: %s", name, e)
+            return
+        finally:
+            del self._loading[name]
+        if not self._closed:
+            self.replicas[name] = store
+
+    def _resumer(self, name: str, store: ReplicaStore | None) -> Callable[[Path], int | None]:
+        def resume(path: Path) -> int | None:
+            s = store
+            if s is None and (self.replica_root / name).is_dir():
+                s = ReplicaStore(self.replica_root, name)
+                if s.taken_at is None or time.time() - s.taken_at > RESUME_MAX_AGE_S:
+                    return None
+            return None if s is None else s.resume_stream(path)
+        return resume
+
+    def _replicate(self, name: str, how: Replication | None) -> None:
+        """Start or stop the Replicator of VM `name` (None: it has no backups)."""
+        rep = self.replicators.get(name)
+        if rep is not None and (how is None or (rep.interval, rep.throttle) != (
+                how.interval_s, how.throttle)):
+            self._end_replication(name)
+            rep = None
+        if rep is None and how is not None:
+            sup = self.vms[name]
+            cap = self._caps[name] = CpuLimit(name, sup.spec.cpus, scope=systemd_scopes())
+
+            async def limit(level: float) -> None:
+                if sup.pid is not None:
+                    await cap.set(sup.pid, level)
+
+            rep = Replicator(name, how.interval_s, sup.paths.dir, lambda: sup.qmp,
+                             lambda: self.targets(name), self.send, throttle=how.throttle,
+                             limit=limit)
+            self.replicators[name] = rep
+            rep.start()
+
+    def _end_replication(self, name: str) -> None:
+        rep = self.replicators.pop(name, None)
+        if rep is not None:
+            rep.stop()
+
+    def offer(self, name: str, frame: bytes) -> Held | None:
+        """A checkpoint of VM `name` from its primary: LookupError if this node is not
+        its backup, FrameError if the frame is refused (the last good one is kept)."""
+        store = self.replicas.get(name)
+        if store is None:
+            raise LookupError(f"this node is not a backup of VM {name}")
+        return store.offer(frame)
 
     def _stop(self, name: str) -> None:
+        self._end_replication(name)
         sup = self.vms.pop(name)
         before = self._stopping.get(name)
 
@@ -70,6 +172,8 @@ class VmRuntime:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
             await sup.stop()
+            if (cap := self._caps.pop(name, None)) is not None:
+                cap.close()
             if self._stopping.get(name) is task:
                 del self._stopping[name]
             self.on_change()
@@ -79,10 +183,18 @@ class VmRuntime:
 
     def status(self) -> list[dict[str, Any]]:
         """One record per VM supervised here, by name (those still stopping included)."""
-        out = {n: sup.status() for n, sup in self.vms.items()}
+        out = {n: {**sup.status(), "accel_reason": accel_reason(self.qemu) if sup.accel
+                   else ""} for n, sup in self.vms.items()}
+        for n, rep in self.replicators.items():
+            if n in out:
+                out[n]["replication"] = rep.status()
         for n in self._stopping:
             out.setdefault(n, {"name": n, "state": "stopping", "reason": "moved or deleted"})
         return [out[n] for n in sorted(out)]
+
+    def backup_status(self) -> list[dict[str, Any]]:
+        """The checkpoints this node holds as a backup, one record per VM."""
+        return [self.replicas[n].status() for n in sorted(self.replicas)]
 
     def summary(self) -> dict[str, str]:
         """name -> state, small enough for every gossip message: past SUMMARY_MAX VMs,

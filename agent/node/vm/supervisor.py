@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -59,8 +60,11 @@ class VmSupervisor:
                  policy: Policy = DEFAULT_POLICY, stop_deadline: float = STOP_DEADLINE_S,
                  qemu: str = "qemu-system-x86_64",
                  accel: Callable[[str], Awaitable[str]] = choose_accel,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 resume: Callable[[Path], int | None] = lambda _: None) -> None:
         self.spec, self.paths, self.cache = spec, paths, image_cache
+        self._resume = resume  # writes a checkpoint stream to resume from: its seq or None
+        self.boot = "cold"
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self._accel, self._on_change = accel, on_change
         self.state: State = "stopped"
@@ -98,7 +102,12 @@ class VmSupervisor:
                 "restarts": self.exits.count, "cpus": self.spec.cpus,
                 "memory_mb": self.spec.memory_mb,
                 "ports": [f"{f.port}->{f.target}/{f.protocol}" for f in self.spec.forwards],
-                "boot": "cold"}
+                "boot": self.boot}
+
+    @property
+    def qmp(self) -> Qmp | None:
+        """The QMP connection of the running VM (for checkpoints), else None."""
+        return self._qmp if self.state == "running" else None
 
     def _set(self, state: State, reason: str = "") -> None:
         if (state, reason) != (self.state, self.reason):
@@ -136,12 +145,26 @@ class VmSupervisor:
             argv = qemu_argv(self.spec, self.paths, self.accel, disk, self.qemu)
             if systemd_scopes():
                 argv = in_scope(argv, self.spec.name)
+            argv += await self._incoming()
             ran, why = await self._run_once(argv)
             if self._stop.is_set():
                 break
             if not await self._after_exit(ran, why):
                 return
         self._set("stopped")
+
+    async def _incoming(self) -> list[str]:
+        """`-incoming` from the last good checkpoint a backup holds (VM memory
+        replication), or nothing: a cold boot."""
+        stream = self.paths.dir / "resume.stream"
+        try:
+            stream.parent.mkdir(parents=True, exist_ok=True)
+            seq = await asyncio.to_thread(self._resume, stream)
+        except (MyceliumError, OSError) as e:
+            log.warning("vm %s: no resume from a checkpoint: %s", self.spec.name, e)
+            seq = None
+        self.boot = "cold" if seq is None else f"resumed from checkpoint {seq}"
+        return [] if seq is None else ["-incoming", f"exec:cat {shlex.quote(str(stream))}"]
 
     async def _after_exit(self, ran: float, why: str) -> bool:
         """Back off before the next start (True), or report failed / stopped (False)."""

@@ -1,0 +1,43 @@
+"""Helpers of the VM memory replication tests: synthetic QEMU migration streams and
+checkpoint frames, and the tiny VM's counter read from a serial log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.node.vm.checkpoint import encode
+from agent.node.vm.stream import BE32, BE64, F_EOS, F_MEM_SIZE, FOOTER, MAGIC, PAGE, Block, Snapshot
+from support.tinyvm import COUNTER
+
+P = PAGE
+
+
+def prefix(blocks: list[tuple[str, int]], section: int = 2) -> bytes:
+    """Header, configuration and the RAM setup section, as QEMU 7.2 writes them."""
+    out = MAGIC + b"\x07" + BE32.pack(13) + b"pc-i440fx-7.2"
+    out += b"\x01" + BE32.pack(section) + b"\x03ram" + BE32.pack(0) + BE32.pack(4)
+    out += BE64.pack(sum(s for _, s in blocks) | F_MEM_SIZE)
+    for name, size in blocks:
+        out += bytes([len(name)]) + name.encode() + BE64.pack(size)
+    return out + BE64.pack(F_EOS) + bytes([FOOTER]) + BE32.pack(section)
+
+
+def snap(pages: dict[int, int], npages: int = 8, tail: bytes = b"\x04devices\x00") -> Snapshot:
+    """A one-block snapshot whose page i is filled with byte pages[i] (others zero)."""
+    img = bytearray(npages * P)
+    for i, v in pages.items():
+        img[i * P:(i + 1) * P] = bytes([v]) * P
+    return Snapshot(prefix([("pc.ram", npages * P)]), (Block("pc.ram", 0, npages * P),), 2,
+                    img, tail)
+
+
+def frame(**kw) -> bytes:
+    d = dict(vm="db", chain="c1", seq=5, base=4, snap=snap({1: 1}), previous=bytes(8 * P))
+    d.update(kw)
+    return encode(d["vm"], d["chain"], d["seq"], d["base"], d["snap"], d["previous"])
+
+
+def counters(log: Path) -> list[int]:
+    """The counter values the tiny VM printed into serial log `log`, in order."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]
