@@ -14,14 +14,16 @@ answers, and a node that fails is tried last next time; and `fetch_k3s_token`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from agent.errors import DataError, PeerError, TooLargeError
+from agent.errors import BusyError, DataError, PeerError, TooLargeError
 
 MAX_REPLY_BYTES = 4 << 20
 TIMEOUT = 10.0  # seconds for a whole request, reply body included
@@ -114,6 +116,33 @@ class PeerClient:
                 return Reply(url, r.status, await _read_capped(r, cap, url))
         except (aiohttp.ClientError, TimeoutError, OSError) as e:  # ssl.SSLError is an OSError
             raise PeerError(f"{url}: {reason(e)}") from e
+
+    async def download(self, url: str, dest: Path, cap: int,
+                       timeout: float | None = None) -> str:
+        """Stream a 200 reply's body into `dest` (never whole in memory); its SHA-256.
+        PeerError as `request`; TooLargeError past `cap`."""
+        t = aiohttp.ClientTimeout(total=self.timeout if timeout is None else timeout,
+                                  sock_connect=self.connect_timeout)
+        h = hashlib.sha256()
+        try:
+            async with self._get_session().get(url, ssl=self.ssl, timeout=t) as r:
+                if r.status == 503:
+                    raise BusyError(f"{url}: busy")
+                if r.status != 200:
+                    Reply(url, r.status, await _read_capped(r, 4096, url)).ok()
+                if r.content_length is not None and r.content_length > cap:
+                    raise TooLargeError(f"{url}: reply of {r.content_length} bytes over {cap}")
+                size = 0
+                with open(dest, "wb") as f:
+                    async for chunk in r.content.iter_chunked(1 << 16):
+                        size += len(chunk)
+                        if size > cap:
+                            raise TooLargeError(f"{url}: reply over {cap} bytes")
+                        h.update(chunk)
+                        f.write(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise PeerError(f"{url}: {reason(e)}") from e
+        return h.hexdigest()
 
     async def get_bytes(self, url: str, cap: int | None = None,
                         timeout: float | None = None) -> bytes:

@@ -78,6 +78,10 @@ class PeerError(TransportError):
     """A peer could not be reached or broke protocol."""
 
 
+class BusyError(PeerError):
+    """A peer is at its limit (HTTP 503): try another one, or again soon."""
+
+
 class StorageError(TransportError):
     """This machine's disk refused a write (full, over quota, read-only, failing): nothing
     was half-written, and the same write works once the cause is fixed. The API answers

@@ -38,6 +38,14 @@ HANDSHAKES_KEPT = 4096  # peer certificate fingerprints remembered from TLS hand
 STORAGE_RETRY = 5.0  # seconds before a gossip pull the disk refused is tried again
 VM_SYNC_INTERVAL = 2.0  # s between checks that the VMs running match this node's share
 
+# --- releases and self-update (agent/node/updater.py, agent/node/selfupdate.py) ---------
+RELEASE_CHECK = 2.0  # seconds between looks at the release the state names (new states kick)
+RELEASE_RETRY_MAX = 60.0  # seconds at most between fetch attempts after failures (doubling)
+RELEASE_FETCH_TIMEOUT = 300.0  # seconds for one artifact download from one source
+RELEASE_HEALTH_EVERY = 2.0  # seconds between writes of DATA/health.json (the watchdog reads it)
+RELEASE_SERVING = 2  # artifact downloads a node serves at once; more get 503 and go elsewhere
+RELEASE_DEADLINE = 120.0  # seconds a new release has to report healthy before it is rolled back
+
 # --- the Primary spore inside the agent (agent/node/backbone.py, agent/raft/) ----------
 BACKBONE_INTERVAL = 0.2  # seconds between backbone ticks (state sync, leader duties)
 PROPOSE_EVERY = 2.0  # seconds between proposals of the same version to the Primary

@@ -52,6 +52,10 @@ class MemberRow:
     last_seen: float | None  # wall-clock time of the last gossip heard from it
     raft_addr: str  # "" when the member is not in the Raft group
     raft_leader: bool
+    release: str = ""  # the agent release it runs: "0.2.0 (1a2b3c4d5e6f)", "" if not said
+    releases_held: int = 0
+    rolled_back: tuple[str, ...] = ()  # sha256 prefixes of releases rolled back there
+    releases_used: bool = False  # it runs, holds or rolled back a release
 
     @classmethod
     def from_api(cls, m: Mapping[str, Any]) -> MemberRow:
@@ -64,11 +68,22 @@ class MemberRow:
                    apply_failed=_int(st.get("failed")),
                    placement_version=_int(m.get("pv")), addr=str(m.get("addr", "")),
                    last_seen=float(seen) if isinstance(seen, int | float) else None,
-                   raft_addr=str(raft.get("addr") or ""), raft_leader=bool(raft.get("leader")))
+                   raft_addr=str(raft.get("addr") or ""), raft_leader=bool(raft.get("leader")),
+                   **_release_fields(_dict(m.get("rel"))))
 
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+
+def _release_fields(rel: Mapping[str, Any]) -> dict[str, Any]:
+    if not rel:
+        return {}
+    run, version = str(rel.get("run") or ""), str(rel.get("v") or "?")
+    return {"release": f"{version} ({run[:12] if run else 'built-in'})",
+            "releases_held": len(_names(rel.get("held"))),
+            "rolled_back": tuple(b[:12] for b in _names(rel.get("bad"))),
+            "releases_used": bool(run or _names(rel.get("held")) or _names(rel.get("bad")))}
 
 
 @dataclass(frozen=True)
@@ -310,11 +325,25 @@ def shares_table(shares: Iterable[ShareRow]) -> str:
     return table([SHARE_HEAD, *(share_cells(s) for s in sorted(shares, key=lambda s: s.node))])
 
 
+RELEASE_HEAD = ("NODE", "RELEASE", "HELD", "ROLLED BACK")
+
+
+def releases_table(members: Iterable[MemberRow]) -> str:
+    """Each node's agent release (shown once any node reports one)."""
+    return table([RELEASE_HEAD, *((m.name, m.release or "-", str(m.releases_held),
+                                   ",".join(m.rolled_back) or "-")
+                                  for m in sorted(members, key=lambda m: m.name))])
+
+
 def status_frame(members: Iterable[MemberRow], shares: Sequence[ShareRow], now: float,
                  notes: Sequence[str] = ()) -> str:
-    """What `mycelium status` prints (one --watch frame): members, then shares if asked,
-    then what the held state asks that cannot be placed."""
+    """What `mycelium status` prints (one --watch frame): members, each node's release
+    once any node runs or holds one, then shares if asked, then what the held state asks
+    that cannot be placed."""
+    members = list(members)
     text = members_table(members, now)
+    if any(m.releases_used for m in members):
+        text += f"\n\n{releases_table(members)}"
     if shares:
         text += f"\n\n{shares_table(shares)}"
     return text + "".join(f"\n{n}" for n in ("", *notes)) if notes else text
@@ -444,3 +473,37 @@ def apply_lines(report: ReportView, target: str) -> list[str]:
     if not report.changed and report.ok:
         return [*lines, f"{target}: nothing to change ({report.summary()})"]
     return [*lines, f"{target}: {report.summary()}"]
+
+
+def rollout_lines(view: Mapping[str, Any]) -> list[str]:
+    """`mycelium rollout status`: the release, the policy, how far the rollout is, and
+    each node's release (GET /api/v1/rollout)."""
+    rel, policy, p = _dict(view.get("release")), _dict(view.get("policy")), \
+        _dict(view.get("progress"))
+    if not rel:
+        return ["network.yaml names no release: every node keeps the agent it runs"]
+    sha = str(rel.get("sha256", ""))
+    lines = [f"release {rel.get('version')} ({sha[:12]})"]
+    if not policy:
+        lines.append("no rollout policy: every node takes it at once")
+    elif not p:
+        lines.append("rollout not started yet (the Raft leader starts it)")
+    else:
+        waves = [str(w) for w in policy.get("waves") or ()]
+        allowed = _names(view.get("allowed"))
+        lines.append(f"rollout {p.get('status')}: wave {_int(p.get('wave')) + 1} "
+                     f"({', '.join(allowed) or '-'}) of waves {', '.join(waves)}; gate "
+                     f"{policy.get('healthy_seconds')} s healthy, deadline "
+                     f"{policy.get('wave_deadline_seconds')} s, auto_rollback "
+                     f"{'on' if policy.get('auto_rollback') else 'off'}"
+                     + (f"; {p.get('reason')}" if p.get("reason") else ""))
+    nodes = _dict(view.get("nodes"))
+    rows = [("NODE", "STATE", "RUNS", "HOLDS IT", "ROLLED BACK")]
+    for name in sorted(nodes):
+        n = _dict(nodes[name])
+        run = str(n.get("run") or "")
+        rows.append((name, str(n.get("state", "?")),
+                     f"{n.get('v') or '?'} ({run[:12] if run else 'built-in'})",
+                     "yes" if sha in _names(n.get("held")) else "no",
+                     "yes" if sha in _names(n.get("bad")) else "-"))
+    return [*lines, "", table(rows)]

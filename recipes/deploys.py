@@ -112,6 +112,14 @@ def agent(p: AgentParams, source_wheelhouse: str = "") -> None:
     units.service(name="Agent service", unit="mycelium-agent.service", running=p.running,
                   restarted=unit.will_change or install.will_change,
                   daemon_reload=unit.will_change)
+    # self-update's watchdog for an agent that hangs after a release switch (the unit's
+    # ExecStartPre catches one that fails to start)
+    timer = [files.template(mode="644", name=f"Release watchdog {kind}",
+                            src=_tpl(f"mycelium-release-watchdog.{kind}.j2"),
+                            dest=f"/etc/systemd/system/mycelium-release-watchdog.{kind}",
+                            venv=p.venv, data_dir=p.data_dir) for kind in ("service", "timer")]
+    units.service(name="Release watchdog timer", unit="mycelium-release-watchdog.timer",
+                  running=p.running, daemon_reload=any(t.will_change for t in timer))
 
 
 @deploy("k3s")

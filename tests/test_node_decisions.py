@@ -172,3 +172,16 @@ def test_committed_share_of_a_node_left_out_still_applies_the_node_wide_parts():
     # base, agent), not None (no plan at all: issue 12 §4, the boot test's missing user)
     assert committed_share(placed, 4, "n2", "rhizomorph") == \
         NodeShare("n2", placement_version=4, role="rhizomorph")
+
+
+def test_release_meta_rides_in_gossip_and_rows():
+    from agent.gossip.member import ReleaseMeta
+
+    meta = {"role": "rhizomorph", "version": 1, "sha256": "", "status": {}, "fp": "", "pv": 0,
+            "rel": {"run": "a" * 64, "v": "0.2.0", "held": ["a" * 64, "b" * 64]}}
+    pm = PeerMeta.from_wire(meta)
+    assert pm.release == ReleaseMeta("a" * 64, "0.2.0", ("a" * 64, "b" * 64))
+    assert pm.to_wire() == meta
+    assert PeerMeta.from_wire({**meta, "rel": {"held": "x", "run": 5}}).release == ReleaseMeta()
+    row = MemberView("n1", "h:1", "alive", 1, pm).to_row()
+    assert MemberView.from_row(row).meta.release == pm.release

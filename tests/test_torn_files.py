@@ -22,7 +22,8 @@ from agent.lab.cluster import Cluster, kill_node, pid_alive, restart_node
 from support.agents import GOSSIP, api, post_envelope, versions, wait_for
 
 # files rebuilt by the node or its peers: an unreadable copy is dropped, not fatal
-CACHES = {"peers.json", "placement.json", "sclerotium/raft-members.json"}
+# (health.json is written for the release watchdog and never read back by the node)
+CACHES = {"peers.json", "placement.json", "sclerotium/raft-members.json", "health.json"}
 # not detected: pysyncobj's journal has no checksums and its meta file (commit index,
 # vote) falls back to defaults when unreadable; the node rejoins Raft with what it read
 KNOWN = {("raft/raft.journal", "flip"), ("raft/raft.journal.meta", "truncate"),

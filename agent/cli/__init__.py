@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.plan",
     "agent.cli.vm",
     "agent.cli.tui",
+    "agent.cli.release",
 ]
 
 

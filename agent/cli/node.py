@@ -46,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--raft-remove-after", type=float, default=60.0, metavar="SECONDS",
                    help="as Raft leader, remove a promoted (dynamic) sclerotium from the Raft "
                    "membership once it has been dead this long (default: 60)")
+    r.add_argument("--release-root", default="", metavar="DIR",
+                   help="install the release network.yaml names into DIR/releases, switch "
+                   "DIR/current to it and restart (default: off: fetch and serve it only)")
+    r.add_argument("--release-site", action="append", default=[], metavar="DIR",
+                   help="a directory of dependencies release venvs may use instead of "
+                   "installing their own (repeatable; the tests share one)")
+    r.add_argument("--release-deadline", type=float, default=120.0, metavar="SECONDS",
+                   help="a new release that is not healthy this long after the switch is "
+                   "rolled back by the watchdog (default: 120)")
     r.set_defaults(func=cmd_agent_run)
 
     p = sub.add_parser("join", help="enrol this node (get a certificate) and exit")
@@ -131,7 +140,9 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         _enrol(args)
     opts = AgentOptions(args.listen, tuple(args.join), args.gossip_interval, args.apply_target,
                         args.drift_interval, args.seed_spore, args.seed_interval,
-                        args.raft_remove_after)
+                        args.raft_remove_after, release_root=args.release_root,
+                        release_site=tuple(args.release_site),
+                        release_deadline=args.release_deadline)
     return asyncio.run(run_agent(args.data_dir, opts, advertise=args.advertise,
                                  token=_token(args.token),
                                  name=args.name or socket.gethostname(),

@@ -119,6 +119,25 @@ class Endophyte:
 
 
 @dataclass(frozen=True)
+class Release:
+    """The agent release every node should run: a content-addressed artifact."""
+
+    version: str  # the mycelium wheel's version inside it
+    sha256: str  # of the whole artifact (what `mycelium release create` prints)
+    url: str = ""  # http(s) URL or path; used only when no peer holds it
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a new release reaches the nodes: waves, then the gate (agent/desired/rollout.py)."""
+
+    waves: tuple[str, ...] = ("1", "50%", "all")  # node counts, percentages or "all"
+    healthy_seconds: int = 30  # a wave's nodes healthy this long before the next wave
+    wave_deadline_seconds: int = 600  # a wave not through its gate by then fails
+    auto_rollback: bool = False  # a failed wave's nodes return to the previous release
+
+
+@dataclass(frozen=True)
 class DesiredState:
     network: str
     nodes: tuple[Node, ...] = ()
@@ -128,6 +147,8 @@ class DesiredState:
     endomycetes: tuple[Endomycete, ...] = ()
     endophytes: tuple[Endophyte, ...] = ()
     revoked: tuple[str, ...] = ()  # SHA-256 fingerprints of revoked node certificates
+    release: Release | None = None  # None: nodes keep the agent they run
+    rollout: RolloutPolicy | None = None  # None: every node takes a new release at once
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)

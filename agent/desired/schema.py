@@ -88,6 +88,13 @@ SCHEMA = obj(
                          emergency_pause=S("bool")),
             labels=LABELS))),
     revoked=S("list", item=S("str")),
+    # the agent release every node runs (agent/trust/release.py); see _release
+    release=obj(version=S("str", True), sha256=S("str", True), url=S("str")),
+    # how a new release reaches the nodes (agent/desired/rollout.py)
+    rollout=obj(waves=S("list", item=S("wave"), most=10),
+                healthy_seconds=S("int", lo=0, hi=86400),
+                wave_deadline_seconds=S("int", lo=10, hi=7 * 86400),
+                auto_rollback=S("bool")),
 )
 
 
@@ -156,6 +163,11 @@ class _Walker:
             elif k == "user" and not is_user(v):
                 self.err(pos, f"{subject}: {shown(v)} is not a valid user name; use "
                          f"{POSIX_USER_RULE}")
+        elif k == "wave":  # a node count, a percentage or all
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1) and not (
+                    isinstance(v, str) and (v == "all" or _percent(v))):
+                self.err(pos, f"{subject} must be a node count (1), a percentage (10%) or "
+                         f"all, got {_got(v)}")
         elif k == "bool":
             if not isinstance(v, bool):
                 self.err(pos, f"{subject} must be true or false, got {_got(v)}")
@@ -173,6 +185,13 @@ class _Walker:
                     if isinstance(v, str) else []
                 self.err(pos, f"{subject} must be one of {', '.join(s.choices)}, got {_got(v)}"
                          + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+
+def _percent(v: str) -> bool:
+    try:
+        return v.endswith("%") and 0 < float(v[:-1]) <= 100
+    except ValueError:
+        return False
 
 
 def shown(v: Any, limit: int = 60) -> str:
@@ -248,6 +267,7 @@ def _semantic(doc: dict, w: _Walker) -> None:
         w.err(_key_pos(services["endophytes"], dup),
               f"service name {dup!r} is both an endomycete and an endophyte")
     _port_clashes(services, w)
+    _release(doc.get("release"), w)
     _memory_fits(doc, services, w)
     for name, e in (services.get("endomycetes") or {}).items():
         if not (e or {}).get("image") and not (e or {}).get("manifest"):
@@ -291,6 +311,22 @@ def _endophyte_boot(name: str, e: dict, parent: dict, w: _Walker) -> None:
     for key in ("initrd", "cmdline"):
         if key in e and not kernel:
             w.err(_key_pos(e, key), f"endophyte {name!r}: {key} only applies with a kernel")
+
+
+def _release(r: dict | None, w: _Walker) -> None:
+    """The artifact is named by its SHA-256 (nodes take it from any peer and hash it), and
+    a URL, when given, is where a node fetches it if no peer holds it."""
+    if not r:
+        return
+    if not _is_sha256(r["sha256"]) or r["sha256"] != r["sha256"].lower():
+        w.err(_val_pos(r, "sha256"), f"release.sha256 must be 64 lower-case hex digits (what "
+              f"`mycelium release create` prints), got {shown(r['sha256'])}")
+    if not r["version"].strip():
+        w.err(_val_pos(r, "version"), "release.version must not be empty")
+    url = r.get("url", "")
+    if url and not url.startswith(("http://", "https://", "/")):
+        w.err(_val_pos(r, "url"), f"release.url must be an http(s) URL or an absolute path, "
+              f"got {shown(url)}")
 
 
 def _port_clashes(services: dict, w: _Walker) -> None:
@@ -392,5 +428,12 @@ def to_state(doc: dict) -> d.DesiredState:
             _s(e.get("labels")), e.get("image_sha256", "").lower(), e.get("kernel", ""),
             e.get("initrd", ""), e.get("cmdline", ""),
             _ports(e)))
+    ro = doc.get("rollout")
+    rollout = d.RolloutPolicy(tuple(str(w) for w in ro.get("waves") or ("1", "50%", "all")),
+                              ro.get("healthy_seconds", 30), ro.get("wave_deadline_seconds",
+                                                                    600),
+                              ro.get("auto_rollback", False)) if ro else None
+    rel = doc.get("release")
+    release = d.Release(rel["version"], rel["sha256"], rel.get("url", "")) if rel else None
     return d.DesiredState(doc["network"]["name"], nodes, users, spores, components, endos,
-                          tuple(phytes), tuple(doc.get("revoked") or ()))
+                          tuple(phytes), tuple(doc.get("revoked") or ()), release, rollout)

@@ -54,6 +54,32 @@ class RaftMeta:
 
 
 @dataclass(frozen=True)
+class ReleaseMeta:
+    """The agent release a node runs and the artifacts it holds (and serves to peers)."""
+
+    running: str = ""  # sha256 of the release it runs; "" for the agent it was built with
+    version: str = ""  # the agent version it runs
+    held: tuple[str, ...] = ()  # sha256 of the artifacts it serves
+    bad: tuple[str, ...] = ()  # releases its watchdog rolled back
+    rollout: dict[str, Any] = field(default_factory=dict)  # a Raft leader's rollout progress
+
+    @classmethod
+    def from_wire(cls, v: Any) -> ReleaseMeta:
+        d = _obj(v)
+        return cls(_str(d.get("run")), _str(d.get("v")), _shas(d.get("held")),
+                   _shas(d.get("bad")), _obj(d.get("ro")))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"run": self.running, "v": self.version, "held": list(self.held),
+                **({"bad": list(self.bad)} if self.bad else {}),
+                **({"ro": self.rollout} if self.rollout else {})}
+
+
+def _shas(v: Any) -> tuple[str, ...]:
+    return tuple(h for h in v[:8] if isinstance(h, str)) if isinstance(v, list) else ()
+
+
+@dataclass(frozen=True)
 class PeerMeta:
     """What a node says about itself in gossip: role, held state, apply status, Raft."""
 
@@ -64,19 +90,21 @@ class PeerMeta:
     fp: str = ""  # its certificate's fingerprint
     pv: int = 0  # the placement version it acts on
     raft: RaftMeta = RaftMeta()
+    release: ReleaseMeta = ReleaseMeta()
 
     @classmethod
     def from_wire(cls, v: Any) -> PeerMeta:
         d = _obj(v)
         return cls(_str(d.get("role")), count(d.get("version")), _str(d.get("sha256")),
                    _obj(d.get("status")), _str(d.get("fp")), count(d.get("pv")),
-                   RaftMeta.from_wire(d.get("raft")))
+                   RaftMeta.from_wire(d.get("raft")), ReleaseMeta.from_wire(d.get("rel")))
 
     def to_wire(self) -> dict[str, Any]:
         raft = self.raft.to_wire()
+        rel = self.release.to_wire() if self.release != ReleaseMeta() else {}
         return {"role": self.role, "version": self.version, "sha256": self.sha256,
                 "status": self.status, "fp": self.fp, "pv": self.pv,
-                **({"raft": raft} if raft else {})}
+                **({"raft": raft} if raft else {}), **({"rel": rel} if rel else {})}
 
     @property
     def apply_status(self) -> str:
@@ -116,7 +144,8 @@ class MemberView:
         return {"name": self.name, "addr": self.addr, "state": self.state,
                 "incarnation": self.incarnation, "role": m.role or None,
                 "version": m.version, "sha256": m.sha256, "status": m.status,
-                "raft": m.raft.to_wire(), "fp": m.fp, "pv": m.pv, "last_seen": self.last_seen}
+                "raft": m.raft.to_wire(), "fp": m.fp, "pv": m.pv, "last_seen": self.last_seen,
+                **({"rel": m.release.to_wire()} if m.release != ReleaseMeta() else {})}
 
     @property
     def alive(self) -> bool:

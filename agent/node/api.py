@@ -12,6 +12,7 @@ in a test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -59,6 +60,18 @@ class NodeHost(Protocol):
         a part of a split frame kept until the rest comes. TrustError unless `by` is the
         VM's primary, LookupError if this node is not its backup, FrameError if the frame
         is refused."""
+
+    def release_file(self, sha256: str) -> Path | None:
+        """The release artifact this node holds under that SHA-256, or None."""
+
+    def release_serving(self, delta: int) -> bool:
+        """Count a download starting (+1: False when at the limit) or ending (-1)."""
+
+    def rollout_view(self) -> dict[str, Any]: ...
+
+    async def rollout_act(self, action: str) -> dict[str, Any]:
+        """pause | resume | abort, committed to the Primary. LookupError without a replica
+        or a rollout; ValueError when the action does not apply now."""
 
     def vm_paths(self, name: str) -> VmPaths | None:
         """Where VM `name` keeps its serial socket and log, or None if it is not here."""
@@ -204,7 +217,44 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
     async def vm_console(request: web.Request) -> web.StreamResponse:
         return await console(request, _vm(request))
 
+    async def release(request: web.Request) -> web.StreamResponse:
+        """A release artifact, to peers and the operator (mutual TLS, as every route);
+        the fetcher hashes it, so the bytes need no other trust."""
+        path = agent.release_file(request.match_info["sha256"])
+        if path is None:
+            return web.json_response({"error": f"{agent.identity.name} holds no such "
+                                      "release"}, status=404)
+        if not agent.release_serving(+1):  # the fetcher tries a peer that has it by now
+            return web.json_response({"error": f"{agent.identity.name} is busy serving "
+                                      "this release; try another peer"}, status=503)
+        try:
+            resp = web.FileResponse(path, headers={"Content-Type": "application/x-tar"})
+            await resp.prepare(request)  # sends the file
+            return resp
+        finally:
+            agent.release_serving(-1)
+
+    async def rollout(_: web.Request) -> web.Response:
+        return web.json_response(agent.rollout_view())
+
+    async def rollout_action(request: web.Request) -> web.Response:
+        """The operator pauses, resumes or aborts the rollout (any certificate of the
+        network may: it changes when nodes update, never what they run)."""
+        try:
+            action = (await read_json(request)).get("action")
+        except (ValueError, AttributeError) as e:
+            return web.json_response({"error": f"bad rollout request: {e}"}, status=400)
+        try:
+            return web.json_response(await agent.rollout_act(str(action)))
+        except LookupError as e:
+            return web.json_response({"error": str(e).strip("'")}, status=404)
+        except (ValueError, TypeError) as e:
+            return web.json_response({"error": str(e)}, status=409)
+
     return [
+        web.get(f"{API}/release/{{sha256}}", release),
+        web.get(f"{API}/rollout", rollout),
+        web.post(f"{API}/rollout", rollout_action),
         web.get(f"{API}/vms", vms),
         web.get(f"{API}/vms/{{name}}/serial", serial),
         web.get(f"{API}/vms/{{name}}/console", vm_console),

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from agent.errors import (
     TrustError,
 )
 from agent.gossip.latent import HttpTransport, LatentSpore, http_routes
-from agent.gossip.member import MemberView, PeerMeta, count
+from agent.gossip.member import MemberView, PeerMeta, ReleaseMeta, count
 from agent.gossip.swim import Event
 from agent.node import api
 from agent.node.backbone import Backbone
@@ -63,7 +63,11 @@ from agent.node.enrol import (
 from agent.node.events import STORAGE, EventLog, RepeatFilter
 from agent.node.held import HeldState
 from agent.node.reconcile import Reconciler
+from agent.node.releases import ReleaseStore
+from agent.node.rollout import RolloutDriver
 from agent.node.seed import SeedLog
+from agent.node.selfupdate import HEALTH, RESTART_EXIT, Health, running_release, write_health
+from agent.node.updater import Updater
 from agent.node.vm.replicator import backed_up_vms, replicated_vms
 from agent.node.vm.runtime import VmRuntime
 from agent.node.vm.spec import VmPaths, wanted_vms
@@ -89,6 +93,9 @@ from agent.tuning import (
     PRIVATE_DIR,
     PRIVATE_FILE,
     RAFT_REMOVE_AFTER,
+    RELEASE_DEADLINE,
+    RELEASE_HEALTH_EVERY,
+    RELEASE_SERVING,
     SEED_INTERVAL,
     STORAGE_RETRY,
     UNIX_PATH_MAX,
@@ -145,6 +152,9 @@ class AgentOptions:
     seed_interval: float = SEED_INTERVAL
     raft_remove_after: float = RAFT_REMOVE_AFTER  # a dead promoted member leaves Raft
     vm_stop_deadline: float = 30.0  # s a VM has to power off on ACPI before it is killed
+    release_root: str = ""  # where release venvs and `current` live; "" never installs
+    release_site: tuple[str, ...] = ()  # shared dependency dirs for release venvs (tests)
+    release_deadline: float = RELEASE_DEADLINE  # s a new release has to report healthy
 
 
 class Agent:
@@ -190,6 +200,16 @@ class Agent:
         self.held = HeldState(node, ident, self.listen, self.events, self.members,
                               on_state=self.on_new_state, on_revoked=self._on_revoked,
                               on_placement=self._on_placement)
+        # self-update (agent/node/updater.py): set when the agent should exit to run the
+        # release `current` now points to
+        self.restart = asyncio.Event()
+        self.rollouts = RolloutDriver(self)  # staged rollouts (agent/node/rollout.py)
+        self.releases = Updater(self, ident.name, ReleaseStore(node.path / "releases"),
+                                running_release(),
+                                install=self._install_release if opts.release_root else None,
+                                may_install=lambda r: self.rollouts.may_take(ident.name,
+                                                                             r.sha256),
+                                revert=self._revert_release if opts.release_root else None)
 
     # --- the held state, as the API and the backbone read it -------------------------
 
@@ -259,6 +279,12 @@ class Agent:
         if self.node.has_raft_secret():
             await self.start_backbone()
         self._stack.push_async_callback(self.stop_backbone)
+        self._loop = asyncio.get_running_loop()
+        await self._stack.enter_async_context(self.releases)
+        health_task = asyncio.create_task(self._write_health())
+        self._stack.callback(health_task.cancel)
+        rollout_task = asyncio.create_task(self._drive_rollout())
+        self._stack.callback(rollout_task.cancel)
         if self.opts.apply_target:
             self.reconciler = await self._stack.enter_async_context(
                 Reconciler(self.node.path, self.opts.apply_target, self.held.make_plan,
@@ -374,6 +400,7 @@ class Agent:
             asyncio.get_running_loop().create_task(self._announce())
         if self.reconciler is not None:
             self.reconciler.kick()
+        self.releases.kick()
 
     async def _announce(self) -> None:
         """Push the new version to a few peers now rather than at the next round."""
@@ -465,7 +492,7 @@ class Agent:
         raft = self.backbone.meta() if self.backbone else PeerMeta().raft
         return PeerMeta(self.identity.role, self.held_version, self.held_sha256,
                         self.apply_status(), self._fingerprint, self.held.placement_version,
-                        raft).to_wire()
+                        raft, self._release_meta()).to_wire()
 
     def refresh_meta(self) -> None:
         if self.latent is not None:
@@ -635,12 +662,119 @@ class Agent:
                 "started": self.started,
                 "reconcile": self.reconciler.status if self.reconciler else self.status,
                 "seed": self.seed_log.to_dict(),
+                "release": {**self.releases.meta().to_wire(), "served": self.releases.served,
+                            "fetched_from": self.releases.fetched_from},
                 "gossip": {"interval_s": self.latent.interval, "fanout": self.latent.fanout}
                 if self.latent else None,
                 "problem": "; ".join(self.events.problems.values())}
 
     def members(self) -> list[MemberView]:
         return self.latent.views() if self.latent else []
+
+    # --- releases (self-update) --------------------------------------------------------
+
+    def _release_meta(self) -> ReleaseMeta:
+        """What this node runs and holds, releases rolled back here, and the rollout
+        progress its Raft replica holds."""
+        bad: tuple[str, ...] = ()
+        if self.opts.release_root:
+            from agent.node.selfupdate import ReleaseRoot
+
+            bad = tuple(ReleaseRoot(Path(self.opts.release_root)).bad()[-8:])
+        return replace(self.releases.meta(), bad=bad, rollout=self.rollouts.local() or {})
+
+    def primary_store(self) -> Any:
+        return self.backbone.primary if self.backbone is not None else None
+
+    def rollout_view(self) -> dict[str, Any]:
+        return self.rollouts.view()
+
+    async def rollout_act(self, action: str) -> dict[str, Any]:
+        return (await self.rollouts.act(action)).to_dict()
+
+    async def _drive_rollout(self) -> None:
+        while True:
+            try:
+                await self.rollouts.tick()
+            except MyceliumError as e:  # no leader reachable for the commit: next tick
+                log.debug("rollout tick: %s", e)
+            except Exception:  # a bad tick must not end the loop
+                log.exception("rollout tick failed")
+            await asyncio.sleep(1.0)
+
+    async def _revert_release(self) -> None:
+        """A rollout with auto_rollback failed: if this node runs that release, switch
+        back to the one it ran before (its venv is kept) and restart."""
+        from agent.desired.model import Release
+        from agent.desired.rollout import ROLLED_BACK
+        from agent.node.selfupdate import ReleaseRoot
+
+        p = self.rollouts.progress()
+        running = self.releases.running.running
+        if p is None or p.status != ROLLED_BACK or running != p.sha256 or self.restart.is_set():
+            return
+        root = ReleaseRoot(Path(self.opts.release_root))
+        found = root.venv_of(p.previous) if p.previous else None
+        if found is None:
+            self.events.add("release", f"{self.identity.name} cannot return from release "
+                            f"{p.version}: no venv of the previous release is kept")
+            return
+        venv, version = found
+        await asyncio.to_thread(root.switch, Release(version, p.previous), venv,
+                                self.opts.release_deadline)
+        self.events.add("release", f"{self.identity.name} returns to release {version} (the "
+                        f"rollout of {p.version} was rolled back); restarting")
+        self.restart.set()
+
+    def release_file(self, sha256: str) -> Path | None:
+        return self.releases.store.file(sha256)
+
+    def release_serving(self, delta: int) -> bool:
+        if delta > 0 and self.releases.serving >= RELEASE_SERVING:
+            return False
+        self.releases.serving += delta
+        self.releases.served += max(delta, 0)
+        return True
+
+    def _install_release(self, want: Any, artifact: Path, manifest: Any) -> None:
+        """In a worker thread: install beside the running venv, switch `current`, restart."""
+        import platform
+
+        from agent.node.selfupdate import ReleaseRoot
+        from agent.trust.release import runs_on
+
+        root = ReleaseRoot(Path(self.opts.release_root))
+        if not runs_on(manifest, platform.machine()):
+            raise DataError(f"release {want.version} has wheels for "
+                            f"{', '.join(manifest.architectures)}, this node is "
+                            f"{platform.machine()}")
+        if want.sha256 in root.bad():
+            raise DataError(f"release {want.version} was rolled back on this node; waiting "
+                            "for a newer one")
+        venv = root.install(want, artifact, manifest,
+                            extra_site=tuple(Path(p) for p in self.opts.release_site))
+        root.switch(want, venv, self.opts.release_deadline)
+        self.events.add("release", f"{self.identity.name} switched to release {want.version}; "
+                        "restarting")
+        self._loop.call_soon_threadsafe(self.restart.set)
+
+    async def _write_health(self) -> None:
+        """DATA/health.json for the watchdog outside this process (agent/node/selfupdate.py):
+        written at start and when what it says changes (an SD card is not worn by a
+        heartbeat); nothing in the agent reads it back."""
+        said = None
+        while True:
+            others = [m for m in self.members() if m.name != self.identity.name]
+            health = Health(self.releases.running.running, time.time(), True,
+                            any(m.alive for m in others) or not others,
+                            str(self.apply_status().get("status", "")))
+            if replace(health, at=0) != said:
+                try:
+                    await asyncio.to_thread(write_health, self.node.path / HEALTH, health)
+                    said = replace(health, at=0)
+                except StorageError as e:
+                    log.warning("cannot write %s: %s", HEALTH, e)
+            await asyncio.sleep(RELEASE_HEALTH_EVERY)
 
     def peer_addresses(self) -> list[str]:
         return [m.addr for m in self.members() if m.alive]
@@ -675,7 +809,15 @@ async def run_agent(data_dir: str, opts: AgentOptions, *, advertise: str | None,
         print(f"{READY}: {ident.name} ({ident.role}) on {advertise or opts.listen}, "
               f"state v{agent.held_version}", flush=True)
         t0 = time.monotonic()
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        restart = asyncio.create_task(agent.restart.wait())
+        await asyncio.wait([stopped, restart], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        restart.cancel()
         await agent.latent.leave()
         log.info("stopping after %.0f s", time.monotonic() - t0)
+    if agent.restart.is_set():
+        print(f"mycelium agent: exiting with {RESTART_EXIT} to run the new release",
+              flush=True)
+        return RESTART_EXIT
     return 0

@@ -12,6 +12,8 @@ Layout (all written crash-safely):
   placement.json         the last placement a Raft leader committed that this node saw
   k3s.token              the K3s cluster token, on K3s agent nodes (fetched from a sclerotium)
   api.sock               the agent's read-only API for the node console (0600, no TLS)
+  releases/<sha256>.tar  release artifacts this node holds and serves (agent/node/releases.py)
+  health.json            ready, gossiping, apply status: for the release watchdog only
 
 Every file is read and written through a named method here, so its path, its mode and
 what an unreadable copy means are decided once.

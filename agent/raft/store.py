@@ -62,6 +62,7 @@ class PrimaryStore(SyncObj):
     placement_version: int = 0
     dynamic: dict[str, str] = {}  # noqa: RUF012 - promoted rhizomorphs: name -> Raft address
     tokens: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 - join token id -> names it admitted
+    rollout: dict[str, Any] = {}  # noqa: RUF012 - release rollout progress (agent/desired/rollout.py)
 
     def __init__(self, self_addr: str, others: list[str], secret: bytes, data_dir: Path,
                  **conf: Any) -> None:
@@ -149,6 +150,16 @@ class PrimaryStore(SyncObj):
         self.tokens = {**self.tokens, token_id: (*used, name)}
         return True
 
+    @replicated
+    def put_rollout(self, progress: dict[str, Any]) -> bool:
+        """Record rollout progress; only a higher `seq` (or another release) replaces it,
+        so a stale writer (an old leader, an operator racing the leader) changes nothing."""
+        same = progress.get("sha256") == self.rollout.get("sha256")
+        if same and int(progress.get("seq", 0)) <= int(self.rollout.get("seq", 0)):
+            return False
+        self.rollout = dict(progress)
+        return True
+
     def raft_members(self) -> list[str]:
         """Every Raft member's address, this one included (read on the caller's thread)."""
         return sorted([self.selfNode.id, *(n.id for n in self.otherNodes)])
@@ -197,6 +208,10 @@ class PrimarySpore:
         """Committed through the leader (from a follower too); PeerError without one."""
         return await self._call(self.store.claim_token, token_id, uses, name)
 
+    async def put_rollout(self, progress: dict[str, Any]) -> bool:
+        """Committed through the leader (from a follower too); PeerError without one."""
+        return await self._call(self.store.put_rollout, progress)
+
     async def add_member(self, raft_addr: str) -> None:
         await self._call(self.store.addNodeToCluster, raft_addr, timeout=10.0)
 
@@ -233,6 +248,7 @@ class PrimarySpore:
         return {"version": s.version, "sha256": s.sha256, "members": dict(s.members),
                 "placement_version": s.placement_version, "placement": dict(s.placement),
                 "raft_members": s.raft_members(), "dynamic": dict(s.dynamic),
+                "rollout": dict(s.rollout),
                 "possibly_stale": not s._isLeader(), "term": self.term(),
                 "election_timeout": s.election_timeout(),
                 "leader": leader.id if leader is not None else ""}
