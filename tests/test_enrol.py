@@ -100,13 +100,18 @@ def test_a_held_name_is_refused_with_its_fingerprint(network):
     assert ledger.claims == {}  # the token is not spent on a refusal
 
 
-@pytest.mark.parametrize("name", ["../../evil", "a;touch x;b", "N1", "x" * 64])
-def test_bad_names_are_400_and_spend_nothing(network, name):
+@pytest.mark.parametrize(("name", "why"), [
+    ("../../evil", "not a DNS label"), ("a;touch x;b", "not a DNS label"),
+    ("N1", "not a DNS label"), ("x" * 64, "not a DNS label"),
+    # the operator's certificate name: operator-only routes (rollout actions) check it
+    ("operator", "is the operator's certificate"),
+])
+def test_bad_names_are_400_and_spend_nothing(network, name, why):
     net, node = network
     ledger = FakeLedger()
     token = make_token(net, "rhizomorph", timedelta(hours=1))
     [(status, body)] = join(node, ledger, ask(token, name))
-    assert status == 400 and "not a DNS label" in body["error"] and "cert" not in body
+    assert status == 400 and why in body["error"] and "cert" not in body
     assert ledger.claims == {}
 
 

@@ -5,6 +5,8 @@ good; nobody fetches it from anywhere but the network."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,12 @@ import pytest
 
 from agent.authoring.identity import sign_state
 from agent.authoring.netdir import NetworkDir
+from agent.client import PeerClient
 from agent.lab.cluster import Cluster
+from agent.node.datadir import NodeDir
 from agent.node.releases import file_sha256, pack
-from support.agents import GOSSIP, api, post_envelope, wait_for
+from agent.tls import client_context
+from support.agents import GOSSIP, api, call, post_envelope, wait_for
 from support.wheels import make_wheel
 
 
@@ -77,3 +82,21 @@ def test_release_spreads_from_peers_and_a_corrupt_copy_is_refused(cluster: Clust
         assert src.startswith("peer ") and src != f"peer {n2.addr}", froms
     assert not held(cluster, "n2", sha)  # n2's own copy is still the corrupt one
     print("served per node:", {k: v["served"] for k, v in froms.items()})
+
+
+def test_only_the_operator_may_pause_resume_or_abort_a_rollout(cluster: Cluster):
+    """A node's certificate (here n2's, enrolled by token) is refused; the operator's
+    reaches the rollout logic (nothing to pause here: 404 or 409, not 403)."""
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    node = NodeDir(Path(n2.data_dir))
+
+    async def as_n2() -> int:
+        async with PeerClient(client_context(node.crt, node.key, node.ca_crt)) as peers:
+            r = await peers.request("POST", f"https://{n1.addr}/api/v1/rollout",
+                                    json_body={"action": "abort"})
+            return r.status
+
+    assert asyncio.run(as_n2()) == 403
+    _, status, body = call(NetworkDir(cluster.network), [n1.addr], "POST", "/api/v1/rollout",
+                           json.dumps({"action": "abort"}).encode())
+    assert status in (404, 409), (status, body)

@@ -26,6 +26,7 @@ from agent.node.vm.console import SERIAL_TAIL_MAX, console, log_tail
 from agent.node.vm.spec import VmPaths
 from agent.serve import read_body, read_json, refusal
 from agent.trust.envelope import Envelope
+from agent.trust.names import OPERATOR
 from agent.trust.rules import MAX_ENVELOPE_BYTES
 
 API = "/api/v1"
@@ -238,8 +239,13 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         return web.json_response(agent.rollout_view())
 
     async def rollout_action(request: web.Request) -> web.Response:
-        """The operator pauses, resumes or aborts the rollout (any certificate of the
-        network may: it changes when nodes update, never what they run)."""
+        """The operator pauses, resumes or aborts the rollout: only with the operator's
+        certificate (client-only, named `operator`, a name no node may enrol under); a
+        node's certificate must not hold back or stop the network's updates."""
+        peer = request.get("peer")
+        if peer is None or not peer.client_only or peer.node_name != OPERATOR:
+            return web.json_response({"error": "only the operator's certificate may "
+                                      "pause, resume or abort a rollout"}, status=403)
         try:
             action = (await read_json(request)).get("action")
         except (ValueError, AttributeError) as e:

@@ -34,7 +34,7 @@ from agent.node.datadir import NodeDir, NodeIdentity
 from agent.raft.secrets import secret_check
 from agent.serve import read_json, refusal
 from agent.trust import pki
-from agent.trust.names import check_node_name
+from agent.trust.names import check_joiner_name
 from agent.trust.root import Root
 from agent.trust.rules import trust_initial_root, verify_root_chain
 from agent.trust.signed import now_utc
@@ -54,7 +54,7 @@ def issue_for_token(root: Root, ca_key_pem: bytes, ca_cert_pem: bytes, csr_pem: 
                     token: str, node_name: str, addresses: list[str]) -> bytes:
     """Verify the token for this name and sign the CSR (no use is counted here: the
     enrolment server counts in the Primary; the operator's `cert issue` is the CA itself)."""
-    check_node_name(node_name)
+    check_joiner_name(node_name)
     tok = verify_token(token, root, now_utc(), node_name=node_name)
     return pki.issue_certificate(ca_key_pem, ca_cert_pem, csr_pem, node_name=node_name,
                                  role=tok.role, network_id=root.network_id,
@@ -149,7 +149,7 @@ class EnrolService:
             addresses = [a for a in body.get("addresses", []) if isinstance(a, str)][:8]
             if not all(isinstance(x, str) for x in (token, csr, name)):
                 raise TypeError("token, csr and node_name must be strings")
-            check_node_name(name)
+            check_joiner_name(name)
         except (ValueError, KeyError, TypeError, DataError) as e:
             return _reply(f"malformed enrolment request: {e}", 400)
         try:
@@ -239,7 +239,7 @@ async def enrol(node: NodeDir, root: Root, chain: list[bytes], token: str, name:
                 listen: str, addresses: list[str], peers: list[str],
                 timeout: float = 15.0) -> NodeIdentity:
     """Try each peer's enrolment port until one issues us a certificate."""
-    check_node_name(name)
+    check_joiner_name(name)
     expected_ca = root.extra.get("ca_sha256")
     if not isinstance(expected_ca, str):
         raise TrustError("root document names no CA (ca_sha256); re-create the network")

@@ -25,3 +25,18 @@ def check_node_name(name: object) -> str:
         return name
     shown = repr(name[:70] + "..." if isinstance(name, str) and len(name) > 70 else name)
     raise DataError(f"node name {shown} is not a DNS label: use {DNS_LABEL_RULE}")
+
+
+# The operator's client certificate is named this (agent/authoring/identity.py); the
+# routes only the operator may use (rollout pause/resume/abort) check for it, so no node
+# may enrol under it.
+OPERATOR = "operator"
+
+
+def check_joiner_name(name: object) -> str:
+    """A name a node may enrol under: a DNS label, and not the operator's."""
+    name = check_node_name(name)
+    if name == OPERATOR:
+        raise DataError(f"node name {OPERATOR!r} is the operator's certificate: choose "
+                        "another")
+    return name
