@@ -106,6 +106,11 @@ def agent(p: AgentParams, source_wheelhouse: str = "") -> None:
                       dest=f"{p.wheelhouse}/{whl.name}", create_remote_dir=True)
     install = installed(name="Agent virtual environment", venv=p.venv,
                         wheelhouse=p.wheelhouse, digest=digest)
+    # `mycelium` in a root shell on the node (release status, tui --local): the release
+    # the unit runs, through `current` (agent/node/selfupdate.py)
+    root = p.venv.rsplit("/", 1)[0]
+    files.link(name="mycelium command", path="/usr/local/bin/mycelium",
+               target=f"{root}/current/bin/mycelium")
     unit = files.template(mode="644", name="Agent unit", src=_tpl("mycelium-agent.service.j2"),
                           dest="/etc/systemd/system/mycelium-agent.service",
                           venv=p.venv, data_dir=p.data_dir, listen=p.listen)

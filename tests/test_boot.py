@@ -7,13 +7,18 @@ Run: `.venv/bin/python -m pytest -m boot tests/test_boot.py`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -113,6 +118,7 @@ def test_x86_image_boots_to_a_ready_agent_and_passes_node_checks(built):
         assert host.file("/etc/machine-id").content_string.strip()
         assert host.file("/usr/local/bin/k3s").sha256sum == k3s_sha  # baked, not fetched
         assert not host.file("/opt/mycelium/wheels").exists  # the venv is installed
+        assert "current ->" in host.check_output("mycelium release status")  # on PATH
         failed = host.check_output("systemctl --failed --no-legend --plain")
         assert failed == "", failed
         rss = int(host.check_output("ps -o rss= -C mycelium | sort -n | tail -1") or 0)
@@ -125,6 +131,65 @@ def test_x86_image_boots_to_a_ready_agent_and_passes_node_checks(built):
         for tty in ("tty1", "ttyS0"):
             assert host.service(f"mycelium-console@{tty}").is_running, tty
         print(f"console dashboard on serial: {time.monotonic() - t0:.0f} s after start")
+
+
+def test_a_booted_node_takes_a_release_pushed_from_the_host(built, tmp_path):
+    """Issue 17 on a real image: the host packs a release of this checkout, serves it over
+    HTTP (the guest reaches the host at 10.0.2.2) and pushes a state naming it; the node
+    fetches it from that url (no peer holds it), installs it into a new venv with pip from
+    its wheels only, switches `current`, restarts its agent through the unit (exit 75),
+    and the watchdog commits the switch once the new agent is healthy."""
+    d, img, _, _ = built
+    out = run(sys.executable, "-m", "agent.cli", "release", "create", "--out",
+              str(tmp_path / "rel"), cwd=ROOT)
+    sha = out.strip().splitlines()[-1]
+    tar = next((tmp_path / "rel").glob("*.tar"))
+    version = re.search(r"version: ([^,]+),", out)[1]  # type: ignore[index]
+    state = (d / "net/network.yaml").read_text()
+    with _serve(tmp_path / "rel") as port, \
+            Guest(img, d, name="n1", memory_mb=1024, forward=[7946]) as g, \
+            serial_on_failure(g):
+        g.wait_for(READY, timeout=420)
+        api = g.forwards[7946]
+        t0 = time.monotonic()
+        _push(d, api, state + f"release: {{version: {version}, sha256: {sha}, url: "
+              f"http://10.0.2.2:{port}/{tar.name}}}\n")
+        node = [sys.executable, "-m", "agent.cli", "status", "--to", f"127.0.0.1:{api}",
+                "--network", str(d / "net"), "-o", "json"]
+
+        def running() -> bool:
+            members = json.loads(run(*node))
+            return any(m["name"] == "n1" and (m.get("rel") or {}).get("run") == sha
+                       for m in members)
+
+        host = ssh_host(g, d / "id")
+        _eventually(lambda: sha[:12] in host.check_output("readlink /opt/mycelium/current"),
+                    600, "n1 switched to the release")
+        print(f"installed and switched: {time.monotonic() - t0:.0f} s after the push")
+        _eventually(lambda: '"pending"' not in host.check_output("mycelium release status"),
+                    300, "the watchdog committed the switch")
+        print(f"committed: {time.monotonic() - t0:.0f} s after the push")
+        said = host.check_output("mycelium release status")
+        print(said)
+        assert '"rolled_back"' not in said and sha in said, said  # committed, not undone
+        assert host.service("mycelium-agent").is_running
+        prefix = host.check_output("readlink -f /opt/mycelium/current")
+        assert sha in host.file(f"{prefix}/mycelium-release.json").content_string
+        _eventually(running, 120, "n1 gossips that it runs the release")  # its sys.prefix
+
+
+@contextmanager
+def _serve(directory: Path):
+    """A plain HTTP server for `directory` on all host addresses (QEMU's user network
+    reaches the host at 10.0.2.2); yields its port."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
 
 
 MESH = "10.78.0"  # the guests' private link (a QEMU socket network on loopback)
