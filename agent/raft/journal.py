@@ -25,7 +25,7 @@ from typing import Any
 
 import pysyncobj.pickle as pickle
 import pysyncobj.syncobj
-from pysyncobj.journal import FileJournal
+from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
 
 from agent.errors import DataError
 
@@ -82,6 +82,7 @@ class SafeFileJournal(FileJournal):
 
     def __init__(self, journal_file: str) -> None:
         self._path = journal_file
+        _check_length(Path(journal_file))
         try:
             super().__init__(journal_file)
         except (struct.error, ValueError, EOFError, IndexError) as e:  # torn or corrupt
@@ -98,6 +99,26 @@ class SafeFileJournal(FileJournal):
         super().__init__(self._path)
         # Keep the in-memory commit index even if it was not stored yet.
         self._FileJournal__meta, self._FileJournal__metaSaved = meta, saved
+
+
+def _check_length(path: Path) -> None:
+    """pysyncobj reads records up to the end its header records and pads a short file
+    with zeros, so a journal cut inside its last record loaded that entry cut short, in
+    silence (tests/test_torn_files.py, when the cut fell there). Refuse a file shorter than
+    its header says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(FIRST_RECORD_OFFSET)
+    except FileNotFoundError:
+        return  # a new journal
+    end = struct.unpack("<I", head[LAST_RECORD_OFFSET_OFFSET:LAST_RECORD_OFFSET_OFFSET + 4])[0] \
+        if len(head) == FIRST_RECORD_OFFSET else None
+    if end is None or size < end:
+        raise DataError(f"Raft journal {path} is truncated ({size} bytes, its records end at "
+                        f"{end if end is not None else 'an unreadable header'}); stop the "
+                        f"node and remove {path.parent} to rejoin the Raft cluster from its "
+                        "leader")
 
 
 def _create_journal(journal_file: str | None = None):  # noqa: ANN202 - pysyncobj's type
