@@ -26,7 +26,8 @@ TIMEOUT = 3.0  # what `mycelium tui` gives a node before failing over
 
 def start_dashboard_network(start_cluster: Callable[..., Cluster]) -> tuple[Cluster, int]:
     """(cluster, state version) once all three hold a state running `web` x2 and naming
-    a seed location (`published`), and the leader has committed a placement for it."""
+    a seed location (`published`), the leader has committed a placement for it, and all
+    three are Raft members."""
     c = start_cluster(3, extra_args=GOSSIP)
     net = NetworkDir(c.network)
     data = add_endomycete(net.network_yaml.read_bytes(), "web", "localhost/web:1", 2)
@@ -35,8 +36,11 @@ def start_dashboard_network(start_cluster: Callable[..., Cluster]) -> tuple[Clus
     version, env = sign_state(net, data)
     assert post_envelope(c, env, c.nodes[0].addr)[1] == 200
     wait_for(lambda: set(versions(c).values()) == {version}, what="all nodes at the state")
-    wait_for(lambda: (poll(operator_channel(c)).primary or {}).get("placement_version"),
-             what="a committed placement")
+    # the placement committed and all three sclerotia Raft members (the backbone screen's
+    # seats; once, under load, the third joined after the placement)
+    wait_for(lambda: (p := poll(operator_channel(c)).primary or {}).get("placement_version")
+             and len(p.get("raft_members") or ()) == 3,
+             what="a committed placement and three Raft members")
     return c, version
 
 
