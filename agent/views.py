@@ -99,6 +99,8 @@ class ShareRow:
     backups: tuple[str, ...] = ()  # endophytes it keeps a backup of
     runtime: str = ""  # container runtime and why: "podman (no components.k3s)"
     error: str | None = None
+    # VM -> when the newest checkpoint it holds as a backup arrived (its apply status `ckpt`)
+    checkpoints: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_api(cls, s: Mapping[str, Any]) -> ShareRow:
@@ -111,7 +113,10 @@ class ShareRow:
                    k3s_role=str(sh.get("k3s_role") or ""),
                    services=_names(sh.get("endomycetes")),
                    vms=_vm_cells(sh.get("endophytes_primary"), s.get("vms")),
-                   backups=_names(sh.get("endophytes_backup")), runtime=runtime)
+                   backups=_names(sh.get("endophytes_backup")), runtime=runtime,
+                   checkpoints=tuple((str(k), float(v)) for k, v in _dict(
+                       _dict(s.get("apply")).get("ckpt")).items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)))
 
     @classmethod
     def failed(cls, node: str, error: str) -> ShareRow:
@@ -305,12 +310,20 @@ def member_cells(m: MemberRow, now: float) -> tuple[str, ...]:
             apply_cell(m), f"p{m.placement_version}", m.addr, seen_cell(m, now))
 
 
-def share_cells(s: ShareRow) -> tuple[str, ...]:
+def backup_cell(s: ShareRow, now: float | None) -> str:
+    """VMs backed up here, each with the age of the newest checkpoint held (replication
+    lag as this backup sees it) when it has one."""
+    taken = dict(s.checkpoints)
+    return ",".join(f"{b} (ckpt {max(0.0, now - taken[b]):.0f}s)"
+                    if now is not None and b in taken else b for b in s.backups) or "-"
+
+
+def share_cells(s: ShareRow, now: float | None = None) -> tuple[str, ...]:
     """One row of the shares table, in SHARE_HEAD's order."""
     if s.error is not None:
         return (s.node, "error: " + s.error[:60], "", "", "", "", "", "")
     return (s.node, s.authority, f"p{s.placement_version}", s.k3s_role or "-",
-            ",".join(s.services) or "-", ",".join(s.vms) or "-", ",".join(s.backups) or "-",
+            ",".join(s.services) or "-", ",".join(s.vms) or "-", backup_cell(s, now),
             s.runtime or "-")
 
 
@@ -320,9 +333,10 @@ def members_table(members: Iterable[MemberRow], now: float) -> str:
     return table([MEMBER_HEAD, *rows])
 
 
-def shares_table(shares: Iterable[ShareRow]) -> str:
+def shares_table(shares: Iterable[ShareRow], now: float | None = None) -> str:
     """Each node's share: by whose authority, which placement, what it runs."""
-    return table([SHARE_HEAD, *(share_cells(s) for s in sorted(shares, key=lambda s: s.node))])
+    return table([SHARE_HEAD, *(share_cells(s, now)
+                                for s in sorted(shares, key=lambda s: s.node))])
 
 
 RELEASE_HEAD = ("NODE", "RELEASE", "HELD", "ROLLED BACK")
@@ -345,7 +359,7 @@ def status_frame(members: Iterable[MemberRow], shares: Sequence[ShareRow], now: 
     if any(m.releases_used for m in members):
         text += f"\n\n{releases_table(members)}"
     if shares:
-        text += f"\n\n{shares_table(shares)}"
+        text += f"\n\n{shares_table(shares, now)}"
     return text + "".join(f"\n{n}" for n in ("", *notes)) if notes else text
 
 

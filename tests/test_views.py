@@ -48,7 +48,8 @@ SHARES: list[dict[str, Any]] = [
     {"node": "n2", "authority": "primary", "placement_version": 2,
      "share": {"k3s_role": "agent", "endomycetes": ["web", "db"],
                "endophytes_primary": [], "endophytes_backup": ["vm1"], "runtime": "k3s",
-               "runtime_reason": "components.k3s is set"}},
+               "runtime_reason": "components.k3s is set"},
+     "apply": {"status": "ok", "ckpt": {"vm1": 997.0, "junk": "x"}}},
     {"node": "n1", "error": "x" * 80},
     {"node": "n3", "authority": None, "share": None},
 ]
@@ -73,11 +74,17 @@ def test_shares_table():
     assert shares_table(share_rows(SHARES)) == SHARES_TABLE
 
 
+def test_shares_table_shows_each_backups_checkpoint_age():
+    """Issue 15's replication lag as each backup sees it: the age of its newest checkpoint."""
+    table = shares_table(share_rows(SHARES), now=1001.0)
+    assert "vm1 (ckpt 4s)" in table and "junk" not in table
+
+
 def test_status_frame_adds_shares_only_when_asked():
     members = member_rows(MEMBERS)
     assert status_frame(members, [], now=1001.0) == MEMBERS_TABLE
     assert status_frame(members, share_rows(SHARES), now=1001.0) == (
-        MEMBERS_TABLE + "\n\n" + SHARES_TABLE)
+        MEMBERS_TABLE + "\n\n" + shares_table(share_rows(SHARES), now=1001.0))
 
 
 @pytest.mark.parametrize("raw", [{}, {"status": "x", "raft": [], "version": "v?",
