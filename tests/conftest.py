@@ -19,9 +19,10 @@ os.environ.setdefault(ACCEL_ENV, "tcg")
 
 
 @pytest.fixture(scope="module")
-def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Cluster]]:
+def start_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Callable[..., Cluster]]:
     """Start real agents with `start_cluster(n, **cluster_up_kwargs)`; at the end of the
-    module their logs are kept (support.agents.LOGS) and every cluster is torn down."""
+    module their logs are kept (support.agents.LOGS, named after the module) and every cluster is torn down."""
     started = []
 
     def start(n: int, **kwargs: Any) -> Cluster:
@@ -31,8 +32,9 @@ def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         return c
 
     yield start
-    for c, d in started:
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    for i, (c, d) in enumerate(started):
         try:
-            keep_logs(c)
+            keep_logs(c, module + (f"-{i}" if i else ""))
         finally:
             cluster_down(d)

@@ -44,7 +44,7 @@ def cluster(tmp_path_factory):
     c.pushed = version  # type: ignore[attr-defined]
     c.seed = seed  # type: ignore[attr-defined]
     yield c
-    keep_logs(c)
+    keep_logs(c, "test_backbone")
     cluster_down(d)
 
 

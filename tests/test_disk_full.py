@@ -63,7 +63,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         if c is not None:
-            keep_logs(c)
+            keep_logs(c, "test_disk_full")
             for n in c.nodes:  # stop the agents before the mount goes
                 kill_node(n)
                 deadline = time.monotonic() + 5

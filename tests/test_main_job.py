@@ -39,7 +39,7 @@ def demo(tmp_path_factory):
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = value
     yield d, env
-    keep_logs(Cluster.load(d))
+    keep_logs(Cluster.load(d), "test_main_job")
     myc(env, "cluster", "down", "--dir", str(d), check=False)
 
 

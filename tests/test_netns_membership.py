@@ -81,13 +81,21 @@ def test_membership_change_under_partition_has_one_actor_per_term(cluster):
                           and len(lv[1]["raft_members"]) == 3 and len(lv[1]["dynamic"]) == 1
                           and lv, timeout=90, what="a leader with one promoted member")
     dynamic = next(iter(view["dynamic"]))
+    # every member in step (its own view: this leader, three members, a quorum) before the
+    # cut: once in CI the majority side elected no leader within 60 s, partitioned moments
+    # after the promotion (the cause was not kept: the logs are kept per module since)
+    seated = [by_name[n] for n in ("n1", "n2", dynamic)]
+    wait_for(lambda: (vs := views(cluster, seated)) and len(vs) == 3
+             and all(v["quorum"] and v["leader"] == view["leader"]
+                     and len(v["raft_members"]) == 3 for v in vs.values()),
+             timeout=60, what="all three Raft members in step with the leader")
     other = next(n for n in ("n1", "n2") if n != name)
     spare = [n for n in ("n3", "n4", "n5") if n != dynamic]
     minority = [by_name[name], by_name[spare[0]]]
     majority = [by_name[other], by_name[dynamic], by_name[spare[1]]]
     print(f"leader {name} (term {view['term']}), promoted {dynamic}; cut off: "
           f"{[n.name for n in minority]}, majority: {[n.name for n in majority]}")
-    cut_at = {n.name: Path(n.log).stat().st_size for n in minority}
+    part_at = {n.name: Path(n.log).stat().st_size for n in minority}
 
     setup_bridge(MINORITY_BRIDGE)
     try:
@@ -98,12 +106,16 @@ def test_membership_change_under_partition_has_one_actor_per_term(cluster):
             and raft_addr(by_name[spare[1]].addr) in lv[1]["raft_members"] and lv,
             timeout=60, what="the majority elects a leader and promotes its rhizomorph")
         print(f"majority: leader {new} in term {nv['term']}, members {nv['raft_members']}")
+        # From here a newer term exists: the cut-off leader must not act any more. (Until
+        # the majority elected, it may: its lease lets it act for 0.6 s after a majority
+        # last answered, and it once published a seed spore in that window.)
+        cut_at = {n.name: Path(n.log).stat().st_size for n in minority}
         # the cut-off leader sees its peers die, D (dynamic) long enough to be removed and
         # its companion alive to be promoted; with no majority it must do neither (read
         # from the logs: the host cannot reach the minority's bridge)
         leader_log = Path(by_name[name].log)
         wait_for(lambda: all(f"dead: {n.name}: dead" in leader_log.read_text(
-            errors="replace")[cut_at[name]:] for n in majority), timeout=40,
+            errors="replace")[part_at[name]:] for n in majority), timeout=40,
             what=f"{name} sees the majority dead")
         time.sleep(6)  # past --raft-remove-after (3 s): the moment it would act
         for n in minority:

@@ -42,12 +42,14 @@ services:
 """
 
 
-def keep_logs(c: Cluster) -> None:
-    """Agent logs survive teardown for post-mortems of a failed run."""
+def keep_logs(c: Cluster, prefix: str = "") -> None:
+    """Agent logs survive teardown for post-mortems of a failed run, as PREFIX-NODE.log
+    (the test module's name: a later module's n1 no longer overwrites this one's)."""
     LOGS.mkdir(exist_ok=True)
     for n in c.nodes:
         if Path(n.log).exists():
-            shutil.copy(n.log, LOGS / Path(n.log).name)
+            name = Path(n.log).name
+            shutil.copy(n.log, LOGS / (f"{prefix}-{name}" if prefix else name))
 
 
 def call(net: NetworkDir, addrs: list[str], method: str, path: str,
