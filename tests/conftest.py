@@ -22,7 +22,8 @@ os.environ.setdefault(ACCEL_ENV, "tcg")
 def start_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[Callable[..., Cluster]]:
     """Start real agents with `start_cluster(n, **cluster_up_kwargs)`; at the end of the
-    module their logs are kept (support.agents.LOGS, named after the module) and every cluster is torn down."""
+    module their logs are kept (support.agents.LOGS, named after the module) and every
+    cluster is torn down."""
     started = []
 
     def start(n: int, **kwargs: Any) -> Cluster:
