@@ -177,8 +177,11 @@ def _one_initramfs(root: Path, version: str) -> str:
     else:
         _chroot(root, "update-initramfs", "-u", "-k", version)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(initrd, cached.with_suffix(".part"))
-        cached.with_suffix(".part").rename(cached)
+        # beside it under its own name: with_suffix would cut at the version's dots and
+        # give every 6.1 kernel the same "6.1.part"
+        part = cached.with_name(cached.name + ".part")
+        shutil.copyfile(initrd, part)
+        part.rename(cached)
         how = "rebuilt"
     return f"initramfs {how}: {before / 2**20:.0f} -> {initrd.stat().st_size / 2**20:.0f} MB"
 
