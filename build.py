@@ -44,6 +44,23 @@ def _node_args(p: argparse.ArgumentParser, required_network: bool) -> None:
                    help="peers to contact at first boot besides the seed spore's")
 
 
+def _personalisation(args: argparse.Namespace):  # -> Personalisation | None
+    """The node arguments as one Personalisation; None without --network, and then none of
+    them may be given (BuildError)."""
+    from image.errors import BuildError
+    from image.personalise import Personalisation
+
+    if not args.network:
+        if args.first_node or args.listen or args.join or args.node_name or \
+                args.network_config:
+            raise BuildError("--first-node, --node-name, --listen, --join and "
+                             "--network-config personalise an image: add --network DIR "
+                             "(made by `mycelium init`)")
+        return None
+    return Personalisation(Path(args.network), args.node_name, args.first_node, args.listen,
+                           tuple(args.join), tuple(Path(f) for f in args.network_config))
+
+
 def build_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--board", required=True, choices=["x86", "rpi4", "rpi5"])
@@ -69,13 +86,11 @@ def build_main(argv: list[str]) -> int:
     from image.errors import BuildError
 
     name = args.name or "-".join(x for x in ("mycelium", args.board, args.node_name) if x)
-    ctx = BuildContext(get_board(args.board), Path(args.out), Path(args.work or ""),
-                       Path(args.network) if args.network else None, args.node_name,
-                       args.first_node, args.listen, tuple(args.join), args.k3s_artifact,
-                       args.k3s_sha256, not args.no_xz, name,
-                       network_files=tuple(Path(f) for f in args.network_config),
-                       dashboard=not args.no_dashboard, preinstall=tuple(args.preinstall))
     try:
+        ctx = BuildContext(get_board(args.board), Path(args.out), Path(args.work or ""),
+                           _personalisation(args), args.k3s_artifact, args.k3s_sha256,
+                           not args.no_xz, name, dashboard=not args.no_dashboard,
+                           preinstall=tuple(args.preinstall))
         check_args(ctx)  # every argument before any work (or the root check)
     except BuildError as e:
         print(f"build.py: {e}", file=sys.stderr)
@@ -107,11 +122,11 @@ def personalise_main(argv: list[str]) -> int:
         p.error("give an IMAGE to personalise or --folder OUT, not both")
 
     from image.errors import BuildError
-    from image.personalise import Personalisation, personalise_folder, personalise_image
+    from image.personalise import personalise_folder, personalise_image
 
-    spec = Personalisation(Path(args.network), args.node_name, args.first_node, args.listen,
-                           tuple(args.join), tuple(Path(f) for f in args.network_config))
     try:
+        spec = _personalisation(args)
+        assert spec is not None  # --network is required here
         if args.folder is not None:
             out = personalise_folder(spec, args.folder)
             print(f"wrote {out}/: copy it to the root of the node's boot partition")

@@ -38,17 +38,12 @@ class BuildContext:
     board: Board
     out: Path
     work: Path
-    network: Path | None = None  # operator's network dir, to personalise the image
-    node_name: str = ""
-    first_node: bool = False  # bake the network's bootstrap data dir (CA key) in
-    listen: str = ""  # HOST:PORT the node advertises (the first node: also the bootstrap one)
-    join: tuple[str, ...] = ()
+    personalise: Personalisation | None = None  # which network the image joins, as what
     k3s_artifact: str = ""  # path or URL of the K3s binary to bake in
     k3s_sha256: str = ""  # required for a URL; checked for a path when given
     compress: bool = True
     name: str = ""
     users: tuple[User, ...] = ()
-    network_files: tuple[Path, ...] = ()  # systemd-networkd files applied at first boot
     dashboard: bool = True  # the console dashboard on tty1 and the serial console
     preinstall: tuple[str, ...] = ()  # components baked in (recipes.params.PREINSTALL)
     manifest: dict = field(default_factory=dict)
@@ -66,21 +61,15 @@ class BuildContext:
     def boot_dir(self) -> Path:
         return self.work / "mycelium"
 
-    def personalisation(self) -> Personalisation | None:
-        if self.network is None:
-            return None
-        return Personalisation(self.network, self.node_name, self.first_node, self.listen,
-                               self.join, self.network_files)
+    @property
+    def network(self) -> Path | None:
+        return self.personalise.network if self.personalise else None
 
 
 def check_args(ctx: BuildContext) -> None:
     """Every argument, before any work: a mistake costs a second, not a Debian bootstrap."""
-    p = ctx.personalisation()
-    if p is not None:
-        check_personalisation(p)
-    elif ctx.first_node or ctx.listen or ctx.join or ctx.node_name or ctx.network_files:
-        raise BuildError("--first-node, --node-name, --listen, --join and --network-config "
-                         "personalise an image: add --network DIR (made by `mycelium init`)")
+    if ctx.personalise is not None:
+        check_personalisation(ctx.personalise)
     preinstall_packages(ctx.preinstall)
     if ctx.k3s_artifact:
         check_artifact(ctx.k3s_artifact, ctx.k3s_sha256)
@@ -152,7 +141,7 @@ def strip(ctx: BuildContext) -> None:
 
 def personalise(ctx: BuildContext) -> None:
     """The FAT mycelium/ folder: what first boot reads (image/personalise.py)."""
-    p = ctx.personalisation()
+    p = ctx.personalise
     if p is None:
         return
     with step(f"Personalising for network {ctx.network}"):
@@ -218,7 +207,8 @@ def write_manifest(ctx: BuildContext) -> Path:
                               if (ctx.work / f).exists()},
             "packages": dict(p.split(" ", 1) for p in pkgs if " " in p),
             "preinstalled": sorted(set(ctx.preinstall)),
-            "personalised": ctx.network is not None, "node_name": ctx.node_name,
+            "personalised": ctx.personalise is not None,
+            "node_name": ctx.personalise.node_name if ctx.personalise else "",
             "k3s": ({"source": ctx.k3s.source, "path": K3S_BINARY, "sha256": ctx.k3s.sha256}
                     if ctx.k3s else None),
             "steps": {t: round(s, 1) for t, s in TIMINGS},
