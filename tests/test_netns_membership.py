@@ -24,7 +24,15 @@ from agent.authoring.netdir import NetworkDir
 from agent.lab.cluster import BRIDGE
 from agent.lab.netns import ip, move_to_bridge, setup_bridge
 from agent.raft.membership import raft_addr
-from support.agents import BACKBONE_YAML, GOSSIP, api, post_envelope, primary, wait_for
+from support.agents import (
+    BACKBONE_YAML,
+    GOSSIP,
+    api,
+    leader_view,
+    post_envelope,
+    primary,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -60,11 +68,10 @@ def views(cluster, nodes) -> dict[str, dict]:
 
 def leader_of(cluster, nodes) -> tuple[str, dict] | None:
     """(leader name, its view) when one of `nodes` says it leads with a majority."""
-    by_raft = {raft_addr(n.addr): n.name for n in cluster.nodes}
-    for name, v in views(cluster, nodes).items():
-        if v["leader"] and by_raft.get(v["leader"]) == name and v["quorum"]:
-            return name, v
-    return None
+    v = leader_view(cluster, [n.name for n in nodes])
+    if v is None or not v["quorum"]:
+        return None
+    return next(n.name for n in cluster.nodes if raft_addr(n.addr) == v["leader"]), v
 
 
 def actors_by_term(cluster) -> dict[int, set[str]]:
