@@ -19,7 +19,9 @@ SYNC_EVERY = 10
 RETRANSMIT_MULT = 4  # a change is piggybacked RETRANSMIT_MULT * log10(n) times
 MAX_PIGGYBACK = 32  # changes carried by one message at most
 SUSPICION_MULT = 5.0  # a suspect has SUSPICION_MULT * log10(n) rounds to refute ...
-SUSPICION_FLOOR = 1.5  # ... but never under this many seconds (lossy links)
+SUSPICION_FLOOR = 3.0  # ... but never under this many seconds (lossy links, and a node
+# descheduled for a second at a time, as a TCG guest or an overloaded Pi is, must get
+# two chances to refute; memberlist's LAN default gives 4-5 s)
 MAX_LHM = 8  # Lifeguard local health ceiling: timeouts stretch by at most 1 + MAX_LHM
 PROBE_TIMEOUT_FLOOR = 0.5  # seconds a direct probe waits at least (2 rounds otherwise)
 REQUEST_TIMEOUT_FLOOR = 1.0  # seconds any gossip request waits at least (5 rounds else)

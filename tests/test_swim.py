@@ -52,6 +52,45 @@ def test_lifeguard_stretches_timeouts_and_recovers():
     assert ms.lhm == 0
 
 
+def test_a_nack_from_a_helper_leaves_local_health_alone():
+    """A helper answered (nack): our requests get through, the target is the silent one."""
+    ms = Membership(Member("me", "m:1", 1))
+    ms.merge([Member("b", "b:1", 1), Member("c", "c:1", 1)], now=0)
+    assert [e.kind for e in ms.probe_failed("b", 0, helper_answered=True)] == ["suspect"]
+    assert ms.lhm == 0
+    ms.probe_failed("c", 0, helper_answered=False)
+    assert ms.lhm == 1
+
+
+def test_a_suspicion_keeps_the_timeout_it_began_with():
+    """The only peer dies: every later probe fails and raises LHM, but the death already
+    awaited is not pushed back by it (two-node networks took ~15 s to see a death)."""
+    ms = Membership(Member("me", "m:1", 1))
+    ms.merge([Member("b", "b:1", 1)], now=0)
+    ms.probe_failed("b", 0.0)
+    limit = ms.suspicion_timeout(0.2, lhm=0)
+    for _ in range(5):  # later probes of the suspect fail too
+        ms.probe_failed("b", 0.0)
+    assert ms.lhm == 6 and ms.suspicion_timeout(0.2) > limit
+    assert ms.expire(limit - 0.01, interval=0.2) == []
+    assert [e.kind for e in ms.expire(limit + 0.01, interval=0.2)] == ["dead"]
+    assert ms.expire(limit + 1, 0.2) == [] and ms.suspected_at_lhm == {}  # forgotten
+
+
+def test_a_slow_node_gives_a_suspicion_it_hears_of_its_own_longer_timeout():
+    """A suspicion gossiped to us is timed with our LHM when we first see it: a node that
+    has been failing its probes (slow itself) waits longer before declaring anyone dead."""
+    ms = Membership(Member("me", "m:1", 1))
+    ms.merge([Member("b", "b:1", 1), Member("c", "c:1", 1)], now=0)
+    for _ in range(2):
+        ms.probe_failed("c", 0.0)  # c suspect, and we are slow: LHM 2
+    ms.merge([Member("b", "b:1", 1, "suspect")], now=0.0)
+    short = ms.suspicion_timeout(0.2, lhm=0)
+    assert [e.name for e in ms.expire(short + 0.01, 0.2)] == ["c"]  # began at LHM 0
+    assert ms.expire(2 * short, 0.2) == []  # b began at LHM 2: three times as long
+    assert [e.name for e in ms.expire(3 * short + 0.01, 0.2)] == ["b"]
+
+
 def test_newer_meta_wins_at_same_incarnation():
     ms = Membership(Member("me", "m:1", 1))
     ms.merge([Member("b", "b:1", 1, meta={"version": 1}, meta_version=1)], 0)

@@ -2,9 +2,8 @@
 it starts on its primary, its port answers through the node's forward, `vm console`
 shows its counter live, it cold-boots on the backup when the primary is SIGKILLed, and it
 is stopped when deleted from network.yaml. One QEMU at a time, TCG. About 45 s on an idle
-host: two boots of ~10 s each, and ~15 s for the survivor to call the primary dead (with
-one peer, every failed probe raises Lifeguard's local health multiplier, which stretches
-the suspicion timeout to its ceiling; three or more nodes detect in ~2 s)."""
+host: two boots of ~10 s each, and ~5 s for the survivor to call the primary dead (a
+failed probe, then the suspicion floor)."""
 
 from __future__ import annotations
 

@@ -467,7 +467,8 @@ class LatentSpore:
         if any(r is not None and r.type == "ack" for r in replies):
             self.ms.probe_ok(target.name, self.clock())
             return
-        for e in self.ms.probe_failed(target.name, self.clock()):
+        answered = any(r is not None for r in replies[1:])  # a helper's nack
+        for e in self.ms.probe_failed(target.name, self.clock(), answered):
             self._emit(e)
 
 

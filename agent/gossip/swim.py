@@ -9,9 +9,12 @@ rule is table-testable. Rules:
   so it outranks what the others remember of its previous life.
 - A failed probe (direct and k indirect) makes the target suspect; a suspect not
   refuted within the suspicion timeout (scaled by log n) becomes dead.
-- Lifeguard local health (LHM 0..8) rises when our probes fail or we have to refute, and
-  falls on success; probe timeouts and suspicion timeouts stretch by (1 + LHM), so a
-  starved node slows down instead of accusing healthy peers.
+- Lifeguard local health (LHM 0..8) rises when we have to refute, or when a probe fails
+  and no helper answered either (had one answered "nack", the network around us works and
+  the fault is the target's), and falls on success. Probe timeouts stretch by (1 + LHM);
+  a suspicion's timeout stretches by (1 + the LHM we had when it began), fixed from then
+  on: a starved node slows down instead of accusing healthy peers, and a node whose only
+  peer died does not keep stretching the death it is waiting for.
 - Meta (role, held state version, convergence) is owned by its node and carries its own
   version; the higher meta version wins.
 - A record may carry its node's proof (agent/trust/records.py) over what the node said
@@ -71,6 +74,8 @@ class Membership:
         # local time we last heard from each member directly (not gossiped; kept apart
         # from the records, so hearing from a member changes no record)
         self.seen: dict[str, float] = {}
+        # suspect -> our LHM when its suspicion began (fixes its timeout)
+        self.suspected_at_lhm: dict[str, int] = {}
 
     # --- merging what others say ------------------------------------------------------
 
@@ -141,32 +146,40 @@ class Membership:
         self.heard_from(name, now)
         return []
 
-    def probe_failed(self, name: str, now: float) -> list[Event]:
-        self.lhm = min(MAX_LHM, self.lhm + 1)
-        m = self.members.get(name)
+    def probe_failed(self, name: str, now: float, helper_answered: bool = False) -> list[Event]:
+        """`helper_answered`: a helper replied to our ping-req (a nack), so our own
+        requests get through and the silence is the target's, not a sign we are slow."""
+        lhm, m = self.lhm, self.members.get(name)
+        if not helper_answered:
+            self.lhm = min(MAX_LHM, self.lhm + 1)
         if m is None or m.state != "alive":
             return []
         self.members.put(replace(m, state="suspect", changed=now))
+        self.suspected_at_lhm[name] = lhm
         return [Event("suspect", name, "no direct or indirect ack")]
 
     def suspicion_timeout(self, interval: float, mult: float = SUSPICION_MULT,
-                          floor: float = SUSPICION_FLOOR) -> float:
+                          floor: float = SUSPICION_FLOOR, lhm: int | None = None) -> float:
         """mult * log10(n) rounds, but never under `floor` seconds: a suspect must have
-        time to hear of it and refute across a lossy link, whatever the round length."""
+        time to hear of it and refute across a lossy link, whatever the round length.
+        Stretched by 1 + `lhm` (our current LHM unless given)."""
         n = len(self.members) + 1
-        return max(floor, mult * max(1.0, math.log10(n + 1)) * interval) * (1 + self.lhm)
+        return (max(floor, mult * max(1.0, math.log10(n + 1)) * interval)
+                * (1 + (self.lhm if lhm is None else lhm)))
 
     def probe_timeout(self, base: float) -> float:
         return base * (1 + self.lhm)
 
     def expire(self, now: float, interval: float) -> list[Event]:
         """Suspects past the timeout become dead (only the suspects are looked at)."""
-        events = []
-        if not self.members.suspects:
-            return events
-        limit = self.suspicion_timeout(interval)
-        for n in list(self.members.suspects):
+        events: list[Event] = []
+        suspects, began = self.members.suspects, self.suspected_at_lhm
+        for n in [n for n in began if n not in suspects]:  # refuted or dead since
+            del began[n]
+        for n in list(suspects):
             m = self.members[n]
+            # a suspicion gossiped to us starts at the LHM we have on first seeing it
+            limit = self.suspicion_timeout(interval, lhm=began.setdefault(n, self.lhm))
             if now - m.changed > limit:
                 self.members.put(replace(m, state="dead", changed=now))
                 events.append(Event("dead", n, f"suspect for {now - m.changed:.1f}s"))

@@ -239,13 +239,12 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         return web.json_response(agent.rollout_view())
 
     async def rollout_action(request: web.Request) -> web.Response:
-        """The operator pauses, resumes or aborts the rollout: only with the operator's
-        certificate (client-only, named `operator`, a name no node may enrol under); a
-        node's certificate must not hold back or stop the network's updates."""
-        peer = request.get("peer")
-        if peer is None or not peer.client_only or peer.node_name != OPERATOR:
-            return web.json_response({"error": "only the operator's certificate may "
-                                      "pause, resume or abort a rollout"}, status=403)
+        """The operator pauses, resumes or aborts the rollout; a node's certificate must
+        not hold back or stop the network's updates."""
+        try:
+            _operator_peer(request, "pause, resume or abort a rollout")
+        except TrustError as e:
+            return web.json_response({"error": str(e)}, status=403)
         try:
             action = (await read_json(request)).get("action")
         except (ValueError, AttributeError) as e:
@@ -300,3 +299,11 @@ def _node_peer(request: web.Request) -> str:
     if peer is None or peer.client_only:
         raise TrustError("only a node certificate may change the backbone")
     return peer.node_name
+
+
+def _operator_peer(request: web.Request, what: str) -> None:
+    """The operator's certificate is behind this request (client-only, named `operator`,
+    a name no node may enrol under), else TrustError saying who may `what`."""
+    peer = request.get("peer")
+    if peer is None or not peer.client_only or peer.node_name != OPERATOR:
+        raise TrustError(f"only the operator's certificate may {what}")
