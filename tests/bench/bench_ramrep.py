@@ -145,7 +145,7 @@ async def shared(d: Path, mem: int) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("mem", [128, 256])
+@pytest.mark.parametrize("mem", [128, 256, 1024])
 def test_bench_checkpoint_methods(tmp_path, mem):
     tiny_vm()
     lines = asyncio.run(background(tmp_path, mem)) + asyncio.run(shared(tmp_path, mem))
