@@ -18,6 +18,7 @@ from agent.node.vm.checkpoint import (
     changed_runs,
     decode,
     encode,
+    page_runs,
     split,
 )
 from agent.node.vm.replicator import Replication, Replicator, backed_up_vms, replicated_vms
@@ -104,6 +105,25 @@ def test_stream_with_compressed_pages_refused():
 def test_changed_runs(old, new, runs):
     o = None if old is None else snap(old).image
     assert changed_runs(o, snap(new).image, run_pages=3) == runs
+
+
+@pytest.mark.parametrize("old, new", [
+    ({}, {}),
+    ({0: 1, 1: 1}, {0: 1, 1: 1}),
+    ({0: 1}, {0: 2, 2: 3}),
+    ({3: 1, 4: 2}, {4: 2}),  # a page zeroed is a change too
+    ({}, {i: 1 for i in range(8)}),
+])
+def test_parse_into_the_previous_image_finds_the_changed_pages(old, new):
+    """What the primary does: the stream of the new checkpoint parsed into the previous
+    image (shuffled, as a background snapshot sends pages in fault order) patches it into
+    the new image and names exactly the pages changed_runs would."""
+    image = bytearray(snap(old).image)
+    want = changed_runs(image, snap(new).image, run_pages=3)
+    pages: list[int] = []
+    got = parse(to_stream(snap(new)), image, pages)
+    assert got.image is image and image == snap(new).image
+    assert page_runs(random.Random(7).sample(pages, len(pages)), run_pages=3) == want
 
 
 def test_incremental_frame_carries_only_dirtied_pages():

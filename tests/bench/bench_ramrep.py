@@ -283,7 +283,9 @@ the interval (default 1), BENCH_WINDOW_S the windows (default 20)."""
                 f"{after:.2f} work units per s without / with / without replication "
                 f"({seq} checkpoints at {interval:g} s, last dirtied "
                 f"{(last.get('dirtied_bytes') or 0) >> 10} KiB, sent "
-                f"{last.get('wire_bytes', 0) >> 10} KiB): slowdown "
+                f"{last.get('wire_bytes', 0) >> 10} KiB; last cycle: snapshot "
+                f"{last.get('snapshot_s')} s, parse+diff {last.get('parse_s')} s, "
+                f"encode {last.get('encode_s')} s, all {last.get('cycle_s')} s): slowdown "
                 f"{(1 - during / base) * 100:.0f} % (target under 15 %)")
 
     print("\n" + asyncio.run(go()))

@@ -88,20 +88,26 @@ def changed_runs(old: bytes | bytearray | memoryview | None,
     if o is not None and len(o) != len(n):
         raise ValueError(f"images of {len(o)} and {len(n)} bytes cannot be compared")
     zchunk = bytes(SCAN)
-    runs: list[tuple[int, int]] = []
+    pages: list[int] = []
     for c in range(0, len(n), SCAN):
         nb = n[c:c + SCAN].tobytes()
         ob = o[c:c + SCAN].tobytes() if o is not None else zchunk[:len(nb)]
         if nb == ob:
             continue
-        for p in range(0, len(nb), PAGE):
-            if nb[p:p + PAGE] == ob[p:p + PAGE]:
-                continue
-            off = c + p
-            if runs and runs[-1][0] + runs[-1][1] == off and runs[-1][1] < run_pages * PAGE:
-                runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
-            else:
-                runs.append((off, PAGE))
+        pages += [c + p for p in range(0, len(nb), PAGE) if nb[p:p + PAGE] != ob[p:p + PAGE]]
+    return page_runs(pages, run_pages)
+
+
+def page_runs(pages: list[int], run_pages: int = RUN_PAGES) -> list[tuple[int, int]]:
+    """Page offsets (any order) as (offset, length) runs of consecutive pages, each at
+    most `run_pages` long: what changed_runs returns, for pages found some other way
+    (stream.parse into the previous image)."""
+    runs: list[tuple[int, int]] = []
+    for off in sorted(pages):
+        if runs and runs[-1][0] + runs[-1][1] == off and runs[-1][1] < run_pages * PAGE:
+            runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+        else:
+            runs.append((off, PAGE))
     return runs
 
 

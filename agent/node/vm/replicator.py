@@ -33,7 +33,7 @@ from typing import Any
 from agent.desired.model import DesiredState, Endophyte, NodeShare, Throttle
 from agent.desired.throttle import level, next_step
 from agent.errors import MyceliumError
-from agent.node.vm.checkpoint import changed_runs, encode, split
+from agent.node.vm.checkpoint import changed_runs, encode, page_runs, split
 from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.stream import Snapshot, StreamError, parse
 
@@ -192,28 +192,41 @@ class Replicator:
         await background_snapshot(qmp, path, self._armed is qmp)
         self._armed = qmp
         t1 = time.monotonic()
+        # parsed into the previous image, which becomes this one: the changed pages are
+        # found on the way (no second image, no separate diff)
+        image = self._prev.image if self._prev is not None else None
+        pages: list[int] = []
         try:
-            snap = await asyncio.to_thread(lambda: parse(path.read_bytes()))
+            snap = await asyncio.to_thread(lambda: parse(path.read_bytes(), image, pages))
         except StreamError as e:  # never guess: the next one will be full for everyone
-            self._prev = None
+            self._prev = None  # (and its image is half written)
             raise MyceliumError(f"checkpoint stream: {e}") from e
         finally:
             path.unlink(missing_ok=True)
         t2 = time.monotonic()
-        await self.ship(snap, targets, qmp)
+        await self.ship(snap, targets, qmp,
+                        changed=page_runs(pages) if snap.image is image else None)
         self.last.update(started=started, snapshot_s=round(t1 - t0, 3),
                          parse_s=round(t2 - t1, 3),
                          cycle_s=round(time.monotonic() - t0, 3))
         return True
 
-    async def ship(self, snap: Snapshot, targets: list[str], qmp: Qmp | None = None) -> None:
-        """Frame `snap` for each backup and queue it, along the buffer policy."""
+    async def ship(self, snap: Snapshot, targets: list[str], qmp: Qmp | None = None,
+                   changed: list[tuple[int, int]] | None = None) -> None:
+        """Frame `snap` for each backup and queue it, along the buffer policy. `changed`:
+        its runs of pages that differ from the previous checkpoint, when the caller found
+        them (then `snap.image` may be the previous image, patched); else they are
+        computed against the previous image."""
         self.seq += 1
         prev, seq = self._prev, self.seq
         self.capacity = self._buffer or max(BUFFER_MIN, int(snap.size * BUFFER_OF_IMAGE))
         t0 = time.monotonic()
-        runs = (await asyncio.to_thread(changed_runs, prev.image, snap.image)
-                if prev is not None and prev.size == snap.size else None)
+        if prev is None or prev.size != snap.size:
+            runs = None  # full frames only
+        elif changed is not None:
+            runs = changed
+        else:
+            runs = await asyncio.to_thread(changed_runs, prev.image, snap.image)
         frames: dict[bool, bytes] = {}
 
         async def frame(full: bool) -> bytes:
