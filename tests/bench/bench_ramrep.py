@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.node.vm.checkpoint import changed_runs, encode
+from agent.node.vm.checkpoint import encode, page_runs
 from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.replicator import background_snapshot
 from agent.node.vm.stream import parse, to_stream
@@ -89,8 +89,9 @@ async def background(d: Path, mem: int) -> list[str]:
         await background_snapshot(q, d / "bg.stream", i > 0)
         t1 = time.monotonic()
         data = (d / "bg.stream").read_bytes()
-        snap = parse(data)
-        runs = None if prev is None else changed_runs(prev.image, snap.image)
+        pages: list[int] = []  # as the primary does: parsed into the previous image
+        snap = parse(data, None if prev is None else prev.image, pages)
+        runs = None if prev is None else page_runs(pages)
         t2 = time.monotonic()
         frame = encode("b", "c", i + 1, 0 if prev is None else i, snap,
                        None if prev is None else prev.image, runs)
