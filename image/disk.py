@@ -38,18 +38,24 @@ FAT_TYPES = ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "c", "b", "e", "ef")
 
 def _run(cmd: Sequence[str], what: str, stdin: str | None = None) -> str:
     """Run a tool and turn any failure into one line that names the step and the cause."""
+    data = _run_bytes(cmd, what, stdin.encode() if stdin is not None else None)
+    return data.decode(errors="replace")
+
+
+def _run_bytes(cmd: Sequence[str], what: str, stdin: bytes | None = None) -> bytes:
+    """`_run` for tools whose output is file content, not text (mtype)."""
     tool = cmd[0]
     if shutil.which(tool) is None:
         raise BuildError(f"{what}: {tool} not found; install {_PACKAGE_OF.get(tool, tool)}")
     # mtools refuses images whose FAT geometry looks odd to it unless told not to check.
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
     try:
-        r = subprocess.run(list(cmd), input=stdin, capture_output=True, text=True, env=env,
-                           check=False)
+        r = subprocess.run(list(cmd), input=stdin, capture_output=True, env=env, check=False)
     except OSError as e:
         raise BuildError(f"{what}: cannot run {tool}: {e}") from e
     if r.returncode != 0:
-        lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        out = (r.stderr or r.stdout).decode(errors="replace")
+        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
         raise BuildError(f"{what}: {tool} failed: {lines[-1] if lines else f'exit {r.returncode}'}")
     return r.stdout
 
@@ -281,12 +287,8 @@ def replace_fat_dir(img: Path, offset: int, src: Path, name: str) -> None:
 def fat_read(img: Path, path: str, offset: int = 0) -> bytes:
     """A file of a FAT image (or of the FAT partition at `offset` in a disk image)."""
     fat = f"{img}@@{offset}" if offset else str(img)
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    r = subprocess.run(["mtype", "-i", fat, _fat_path(path)], capture_output=True, env=env,
-                       check=False)
-    if r.returncode != 0:
-        raise BuildError(f"{path} not in the FAT filesystem of {img}")
-    return r.stdout
+    return _run_bytes(["mtype", "-i", fat, _fat_path(path)],
+                      f"reading {path} from the FAT filesystem of {img.name}")
 
 
 def root_partition_offset(img: Path) -> int:

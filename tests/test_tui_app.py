@@ -157,7 +157,16 @@ def recorded_app() -> DashboardApp:
 
 async def loaded(pilot) -> None:
     await until(pilot, lambda: pilot.app.dash is not None, what="first poll")
-    await pilot.pause()
+    # Under load the tables may be painted a frame after the poll landed (a snapshot once
+    # caught them half drawn): wait until two looks 0.1 s apart agree.
+    seen = [""]
+
+    def settled() -> bool:
+        now = screen_text(pilot.app)
+        same, seen[0] = now == seen[0] and bool(now.strip()), now
+        return same
+
+    await until(pilot, settled, what="a settled screen")
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
