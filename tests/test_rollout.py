@@ -154,3 +154,22 @@ def test_status_shows_each_nodes_release_and_rollout_status_renders():
     assert lines[-1].endswith("n2    alive  1 (built-in)      no        yes")
     assert rollout_lines({"release": None}) == [
         "network.yaml names no release: every node keeps the agent it runs"]
+
+
+def test_progress_is_believed_from_sclerotia_only():
+    """A rhizomorph (its role comes from its certificate) gossiping a further wave moves
+    nobody; the same progress from a sclerotium does."""
+    from agent.gossip.member import MemberView, PeerMeta, ReleaseMeta
+    from agent.node.rollout import progress_seen
+
+    base = Progress(NEW, "0.2.0", ("n1", "n2", "n3"), seq=3)
+    ahead = Progress(NEW, "0.2.0", ("n1", "n2", "n3"), wave=2, seq=9).to_dict()
+
+    def member(name: str, role: str, rollout: dict) -> MemberView:
+        return MemberView(name, "127.0.0.1:1", "alive",
+                          meta=PeerMeta(role=role, release=ReleaseMeta(rollout=rollout)))
+
+    local = base.to_dict()
+    assert progress_seen([member("r1", "rhizomorph", ahead)], local, NEW) == base
+    assert progress_seen([member("h1", "hypha", ahead)], None, NEW) is None
+    assert progress_seen([member("s2", "sclerotium", ahead)], local, NEW).wave == 2

@@ -50,10 +50,12 @@ def node_views(members: list[MemberView]) -> dict[str, NodeView]:
 def progress_seen(members: list[MemberView], local: dict[str, Any] | None,
                   sha256: str) -> Progress | None:
     """The newest progress for release `sha256`: the local replica's, or the highest seq
-    any node gossips."""
+    a sclerotium gossips. Only sclerotia hold the Primary spore, and gossip takes a
+    member's role from its certificate: a compromised rhizomorph or hypha cannot move a
+    node into a wave."""
     found = [Progress.from_dict(local)] if local else []
     found += [Progress.from_dict(m.meta.release.rollout) for m in members
-              if m.meta.release.rollout]
+              if m.meta.release.rollout and m.meta.role == "sclerotium"]
     mine = [p for p in found if p is not None and p.sha256 == sha256]
     return max(mine, key=lambda p: p.seq) if mine else None
 
