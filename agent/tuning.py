@@ -43,6 +43,8 @@ VM_SYNC_INTERVAL = 2.0  # s between checks that the VMs running match this node'
 # --- releases and self-update (agent/node/updater.py, agent/node/selfupdate.py) ---------
 RELEASE_CHECK = 2.0  # seconds between looks at the release the state names (new states kick)
 RELEASE_RETRY_MAX = 60.0  # seconds at most between fetch attempts after failures (doubling)
+INSTALL_RETRY_MIN = 30.0  # seconds before a failed release install (pip, full disk) is retried...
+INSTALL_RETRY_MAX = 1800.0  # ...doubling up to this
 RELEASE_FETCH_TIMEOUT = 300.0  # seconds for one artifact download from one source
 RELEASE_HEALTH_EVERY = 2.0  # seconds between writes of DATA/health.json (the watchdog reads it)
 RELEASE_SERVING = 2  # artifact downloads a node serves at once; more get 503 and go elsewhere

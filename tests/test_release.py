@@ -276,3 +276,38 @@ def test_fetch_from_url_refuses_a_wrong_copy_then_takes_a_good_one(wheelhouse, t
 
     asyncio.run(go())
     assert len(hits) == 2
+
+
+def test_a_failed_install_is_tried_again_later_not_in_a_loop(wheelhouse, tmp_path):
+    """pip failing (or a full disk) is not the release's fault: the node tries the install
+    again after a growing delay, instead of only after its agent restarts."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from agent.desired.model import DesiredState, Release
+    from agent.errors import StorageError
+    from agent.gossip.member import ReleaseMeta
+    from agent.node.events import EventLog
+    from agent.node.updater import Updater, install_retry_delay
+
+    assert [install_retry_delay(n) for n in (1, 2, 3, 9)] == [30.0, 60.0, 120.0, 1800.0]
+    path, sha, _ = pack(wheelhouse, tmp_path / "a")
+    store = ReleaseStore(tmp_path / "releases")
+    store.add(path, sha)
+    host = SimpleNamespace(events=EventLog(), peers=None, members=lambda: [],
+                           refresh_meta=lambda: None,
+                           state=DesiredState("net", release=Release("0.2.0", sha, "")))
+    now, calls = [100.0], []
+
+    def install(release, artifact, manifest) -> None:
+        calls.append(now[0])
+        if len(calls) == 1:
+            raise StorageError("no space left on device")
+
+    up = Updater(host, "n1", store, ReleaseMeta(), install, clock=lambda: now[0])
+    for t in (100.0, 101.0, 129.0, 130.0, 131.0):
+        now[0] = t
+        assert asyncio.run(up.step()) is True
+    assert calls == [100.0, 130.0]  # once, then after 30 s; none after it took
+    assert any("no space left on device; trying again in 30 s" in e["message"]
+               for e in host.events.recent())

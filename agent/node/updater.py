@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +30,13 @@ from agent.gossip.member import MemberView, ReleaseMeta
 from agent.node.events import EventLog
 from agent.node.releases import MAX_ARTIFACT_BYTES, ReleaseStore, verify
 from agent.trust.release import Manifest, check_sha256
-from agent.tuning import RELEASE_CHECK, RELEASE_FETCH_TIMEOUT, RELEASE_RETRY_MAX
+from agent.tuning import (
+    INSTALL_RETRY_MAX,
+    INSTALL_RETRY_MIN,
+    RELEASE_CHECK,
+    RELEASE_FETCH_TIMEOUT,
+    RELEASE_RETRY_MAX,
+)
 
 log = logging.getLogger("mycelium")
 RELEASE_PATH = "/api/v1/release"
@@ -107,6 +115,11 @@ async def fetch_release(want: Release, sources: list[str], store: ReleaseStore,
                          + ("; ".join(tried) or "no peer holds it and no url") + ")")
 
 
+def install_retry_delay(failed: int) -> float:
+    """Seconds before another install of a release that failed `failed` times."""
+    return min(INSTALL_RETRY_MIN * 2 ** (failed - 1), INSTALL_RETRY_MAX)
+
+
 class Updater:
     """Keeps this node on the release its state names (an async context manager)."""
 
@@ -114,7 +127,8 @@ class Updater:
                  running: ReleaseMeta, install: Callable[[Release, Path, Manifest], None]
                  | None = None, check: float = RELEASE_CHECK,
                  may_install: Callable[[Release], bool] = lambda _: True,
-                 revert: Callable[[], Awaitable[None]] | None = None) -> None:
+                 revert: Callable[[], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.name = name
         self.store = store
@@ -131,7 +145,10 @@ class Updater:
         self._task: asyncio.Task | None = None
         self._held: tuple[str, ...] = tuple(store.held())
         self._failures = 0
-        self._installed: set[str] = set()
+        self.clock = clock
+        # sha256 -> (failed installs, when the next may start): a pip failure or a full
+        # disk is tried again, slower each time, not in a loop and not only after a restart
+        self._installs: dict[str, tuple[int, float]] = {}
 
     async def __aenter__(self) -> Updater:
         self._task = asyncio.create_task(self._run())
@@ -204,8 +221,11 @@ class Updater:
                 self.host.events.add("release", f"{self.name} holds release {want.version} "
                                      "and waits for its rollout wave")
             return True
-        if self.install is not None and want.sha256 not in self._installed:
-            self._installed.add(want.sha256)  # once per run: a refusal is not retried in a loop
+        if self.install is not None:
+            failed, at = self._installs.get(want.sha256, (0, 0.0))
+            if self.clock() < at:
+                return True
+            self._installs[want.sha256] = (failed, math.inf)  # one install at a time
             path = self.store.file(want.sha256)
             assert path is not None
             try:  # its own copy again, whole: a disk can rot what a peer sent well
@@ -214,13 +234,15 @@ class Updater:
             except DataError as e:
                 self.host.events.add("release", f"{e}; deleted, fetching it again")
                 path.unlink(missing_ok=True)
-                self._installed.discard(want.sha256)
+                self._installs.pop(want.sha256, None)
                 return False
             try:
                 await asyncio.to_thread(self.install, want, path, manifest)
             except MyceliumError as e:
+                delay = install_retry_delay(failed + 1)
+                self._installs[want.sha256] = (failed + 1, self.clock() + delay)
                 self.host.events.add("release", f"{self.name} did not install release "
-                                     f"{want.version}: {e}")
+                                     f"{want.version}: {e}; trying again in {delay:.0f} s")
         return True
 
     def _note_held(self) -> None:
