@@ -96,3 +96,33 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
         part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
         part.rename(initrd)
     return TinyVM(kernel, initrd)
+
+
+# A state with the tiny VM replicated to one backup. n1 (the sclerotium) takes the
+# endomycete, so the VM's primary and backup are the other nodes.
+REPLICATED_YAML = """\
+schema: 1
+network: {{name: local}}
+spores: {{primary: {{target_sclerotia: 1}}}}
+services:
+  endomycetes:
+    web: {{image: localhost/web:1, replicas: 1}}
+  endophytes:
+    tiny:
+      kernel: {kernel}
+      initrd: {initrd}
+      cmdline: {cmdline}
+      cpus: 1
+      memory_mb: {memory}
+      backups: 1
+      replication_interval_ms: {interval}
+      ports: [{{port: {port}, target: 80}}]
+"""
+
+
+def replicated_state(port: int, memory_mb: int = 128, interval_ms: int = 1000) -> bytes:
+    """REPLICATED_YAML for the tiny VM (built on first use; skips as tiny_vm does)."""
+    vm = tiny_vm()
+    return REPLICATED_YAML.format(kernel=vm.kernel, initrd=vm.initrd, cmdline=vm.cmdline,
+                                  memory=memory_mb, interval=interval_ms,
+                                  port=port).encode()

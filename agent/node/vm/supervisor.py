@@ -38,6 +38,7 @@ STOP_DEADLINE_S = 30.0  # for the guest to power off after ACPI powerdown
 TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 QMP_CONNECT_S = 10.0  # for QEMU to open its QMP socket after launch
 STATUS_EVERY_S = 2.0
+STARTING_EVERY_S = 0.1  # QMP status reads while the VM is starting or resuming
 PR_SET_PDEATHSIG = 1
 
 
@@ -73,6 +74,8 @@ class VmSupervisor:
         self.qmp_status = ""
         self.pid: int | None = None
         self.started: float | None = None  # monotonic, of the current QEMU
+        self.running_at: float | None = None  # wall clock: when QMP first said running
+        self.quit_on_stop = False  # stop with QMP `quit`: a paused guest ignores ACPI
         self.exits = Exits()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -102,7 +105,7 @@ class VmSupervisor:
                 "restarts": self.exits.count, "cpus": self.spec.cpus,
                 "memory_mb": self.spec.memory_mb,
                 "ports": [f"{f.port}->{f.target}/{f.protocol}" for f in self.spec.forwards],
-                "boot": self.boot}
+                "boot": self.boot, "running_at": self.running_at}
 
     @property
     def qmp(self) -> Qmp | None:
@@ -208,7 +211,7 @@ class VmSupervisor:
             await self._close_qmp()
             await self._kill()
         rc = self._proc.returncode
-        self.pid = self.started = None
+        self.pid = self.started = self.running_at = None
         self.qmp_status = ""
         return time.monotonic() - t0, f"exit status {rc}: {self._last_words()}"
 
@@ -229,17 +232,21 @@ class VmSupervisor:
                 self.qmp_status = f"error: {e}"
                 return
             if self.state == "starting" and self.qmp_status == "running":
+                self.running_at = time.time()
                 self._set("running")
-            await asyncio.sleep(STATUS_EVERY_S)
+            # soon after a resume, so a planned move's pause is measured (and ends) close
+            # to when the guest runs again
+            await asyncio.sleep(STATUS_EVERY_S if self.state == "running" else STARTING_EVERY_S)
 
     async def _shutdown(self) -> None:
         """ACPI powerdown, then the deadline, then TERM and KILL (in _kill)."""
         proc = self._proc
         assert proc is not None
-        self._set("stopping", "ACPI powerdown")
+        how = "quit (its memory went on elsewhere)" if self.quit_on_stop else "ACPI powerdown"
+        self._set("stopping", how)
         if self._qmp is not None:
             try:
-                await self._qmp.execute("system_powerdown")
+                await self._qmp.execute("quit" if self.quit_on_stop else "system_powerdown")
             except QmpError:
                 pass
         try:
