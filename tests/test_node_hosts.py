@@ -182,7 +182,6 @@ def test_vm_routes_serial_tail_and_console(tmp_path):
     asyncio.run(run())
 
 
-@pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
 def as_peer(host: FakeNode, peer: dict[str, Any]) -> web.Application:
     """The API of `host` as the certificate `peer["who"]` calls it (what the TLS layer
     sets on each request)."""
@@ -196,6 +195,7 @@ def as_peer(host: FakeNode, peer: dict[str, Any]) -> web.Application:
     return app
 
 
+@pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
 def test_checkpoint_route_takes_good_frames_and_refuses_the_rest(tmp_path):
     from support.checkpoints import frame
 

@@ -571,7 +571,7 @@ class Agent:
     async def _send_checkpoint(self, addr: str, name: str, frame: bytes) -> int:
         reply = await self.peers.request("POST", f"https://{addr}{api.API}/vms/{name}/checkpoint",
                                          data=frame, timeout=api.CHECKPOINT_DEADLINE)
-        if reply.status != 200:
+        if reply.status not in (200, 202):  # 202: a part of a split frame, kept
             log.warning("vm %s: checkpoint to %s: %s %s", name, addr, reply.status,
                         reply.body[:200].decode(errors="replace"))
         return reply.status

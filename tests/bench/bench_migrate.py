@@ -16,7 +16,6 @@ import pytest
 from agent.authoring.identity import sign_state
 from agent.authoring.migrate import migrate
 from agent.authoring.netdir import NetworkDir
-from agent.lab.cluster import free_port_pair
 from support.agents import GOSSIP, api, post_envelope, wait_for
 from support.tinyvm import replicated_state
 
@@ -28,7 +27,7 @@ MOVES = 4
 def test_bench_planned_migration_pause(start_cluster, mem):
     c = start_cluster(3, sclerotia=1, extra_args=GOSSIP)
     net = NetworkDir(c.network)
-    env = sign_state(net, replicated_state(free_port_pair(), memory_mb=mem))[1]
+    env = sign_state(net, replicated_state(None, memory_mb=mem))[1]
     assert post_envelope(c, env, c.nodes[0].addr)[1] == 200
     addr = {n.name: n.addr for n in c.nodes}
 

@@ -116,13 +116,17 @@ services:
       memory_mb: {memory}
       backups: 1
       replication_interval_ms: {interval}
-      ports: [{{port: {port}, target: 80}}]
 """
 
 
-def replicated_state(port: int, memory_mb: int = 128, interval_ms: int = 1000) -> bytes:
-    """REPLICATED_YAML for the tiny VM (built on first use; skips as tiny_vm does)."""
+def replicated_state(port: int | None, memory_mb: int = 128, interval_ms: int = 1000) -> bytes:
+    """REPLICATED_YAML for the tiny VM (built on first use; skips as tiny_vm does), with
+    host `port` forwarded to its web server. Agents on one host that run two copies at
+    once (a planned move keeps the old one until the new one runs) need None: two QEMUs
+    cannot forward one host port."""
     vm = tiny_vm()
-    return REPLICATED_YAML.format(kernel=vm.kernel, initrd=vm.initrd, cmdline=vm.cmdline,
-                                  memory=memory_mb, interval=interval_ms,
-                                  port=port).encode()
+    text = REPLICATED_YAML.format(kernel=vm.kernel, initrd=vm.initrd, cmdline=vm.cmdline,
+                                  memory=memory_mb, interval=interval_ms)
+    if port is not None:
+        text += f"      ports: [{{port: {port}, target: 80}}]\n"
+    return text.encode()
