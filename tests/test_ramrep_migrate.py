@@ -56,8 +56,9 @@ def moved(c: Cluster, old: str, new: str, capsys) -> None:
     wait_for(lambda: not vms(c, old)["vms"], 60, f"tiny gone from {old}")
     last = counters(serial(c, old))[-1]
     first = wait_for(lambda: counters(serial(c, new)), 30, f"the counter on {new}")[0]
-    print(f"  counter: {len(before)} lines on {old} when asked, last {last}; first on "
-          f"{new} {first}")
+    with capsys.disabled():
+        print(f"  counter: {len(before)} lines on {old} when asked, last {last}; first on "
+              f"{new} {first}")
     # nothing lived twice or was lost: at most the line the pause cut is missing
     assert last < first <= last + 2, (last, first)
     # the old primary is the backup now, and takes the new primary's checkpoints (not

@@ -87,15 +87,23 @@ def reply(node: str, vms=(), backups=(), error: str = "") -> dict:
     return {**r, "error": error} if error else {**r, "vms": list(vms), "backups": list(backups)}
 
 
-RUNNING = {"name": "vm", "state": "running", "replication": {"seq": 3}}
+RUNNING = {"name": "vm", "state": "running",
+           "replication": {"seq": 3, "acked": {"127.0.0.1:2": 3}}}
 REPLIES = [reply("n1", [RUNNING]),
            reply("n2", backups=[{"vm": "vm", "seq": 3}]),
-           reply("n3"), reply("n4", error="timed out")]
+           reply("n3"), reply("n4", error="timed out"),
+           reply("n5", backups=[{"vm": "vm", "seq": 9}])]  # placed, nothing from n1 yet
 
 
 def test_the_plan_names_primary_and_target():
-    assert plan_move(REPLIES, "vm", "n2") == Plan("n1", "127.0.0.1:1", "127.0.0.1:2", True)
-    assert plan_move(REPLIES, "vm", "n3") == Plan("n1", "127.0.0.1:1", "127.0.0.1:3", False)
+    assert plan_move(REPLIES, "vm", "n2") == Plan("n1", "127.0.0.1:1", "127.0.0.1:2", True,
+                                                  True)
+    assert plan_move(REPLIES, "vm", "n3") == Plan("n1", "127.0.0.1:1", "127.0.0.1:3", False,
+                                                  False)
+    assert plan_move(REPLIES, "vm", "n5") == Plan("n1", "127.0.0.1:1", "127.0.0.1:5", True,
+                                                  False)
+    stopping = reply("n6", [{"name": "vm", "state": "stopping"}])  # an old primary
+    assert plan_move([stopping, *REPLIES], "vm", "n2").primary == "n1"
 
 
 @pytest.mark.parametrize("replies, vm, to, why", [

@@ -5,7 +5,9 @@ Steps, each over the node API with the operator's certificate:
 1. find the VM's primary and backups (`/api/v1/vms` of every live node); refuse in one
    line what cannot be done (`plan_move`);
 2. a target that is not a backup yet is made one (`POST /api/v1/primary/move` as backup,
-   on the Raft leader), then holds a full checkpoint before anything pauses;
+   on the Raft leader); before anything pauses the target must have taken a checkpoint
+   from this primary (it is in the primary's `acked`), so the final frame is a small
+   incremental one and continues the chain the target holds;
 3. the primary takes the final checkpoint (`POST /api/v1/vms/NAME/handoff`): a plain
    `migrate`, after which QEMU leaves the guest paused, shipped to the target as the next
    frame; it answers once the target took it;
@@ -44,7 +46,8 @@ class Plan:
     primary: str
     primary_addr: str
     target_addr: str
-    target_holds: bool  # the target holds a checkpoint of the VM as its backup
+    target_placed: bool  # the target is placed as the VM's backup (it may hold nothing yet)
+    target_holds: bool  # the target took a checkpoint from this primary
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,16 @@ def plan_move(replies: list[Mapping[str, Any]], vm: str, to: str) -> Plan:
     if v.get("state") != "running":
         raise ConfigError(f"VM {vm} is {v.get('state')} on {node}, not running; wait for "
                           "it (`mycelium vm status`)")
-    holds = any(isinstance(b, dict) and b.get("vm") == vm and b.get("seq") is not None
-                for r in replies if r.get("node") == to for b in r.get("backups") or [])
-    return Plan(node, addr, live[to], holds)
+    placed = any(isinstance(b, dict) and b.get("vm") == vm
+                 for r in replies if r.get("node") == to for b in r.get("backups") or [])
+    return Plan(node, addr, live[to], placed, took_from(v, live[to]))
+
+
+def took_from(v: Mapping[str, Any], addr: str) -> bool:
+    """The primary's record `v` of the VM says backup `addr` took one of its checkpoints."""
+    rep = v.get("replication")
+    acked = rep.get("acked") if isinstance(rep, dict) else None
+    return isinstance(acked, dict) and addr in acked
 
 
 def leaders_first(members: list[Mapping[str, Any]]) -> list[str]:
@@ -138,16 +148,15 @@ async def migrate(net: NetworkDir, addrs: list[str], vm: str, to: str,
         plan = plan_move(replies, vm, to)
         leaders = leaders_first(await h.get("/api/v1/members"))
 
-        async def backups_of(addr: str) -> list[dict[str, Any]]:
-            return list((await h.get("/api/v1/vms", addr)).get("backups") or [])
+        async def taken() -> bool:  # the target took one of the primary's checkpoints
+            return any(v.get("name") == vm and took_from(v, plan.target_addr) for v in
+                       (await h.get("/api/v1/vms", plan.primary_addr)).get("vms") or [])
 
         if not plan.target_holds:
-            held = [b for b in await backups_of(plan.target_addr) if b.get("vm") == vm]
-            if not held:
+            if not plan.target_placed:
                 say(f"making {to} a backup of {vm} first")
                 await _commit(h, leaders, vm, to, "backup")
-            await _wait(f"{to} to hold a checkpoint of {vm}", BACKUP_WAIT_S, lambda: _holds(
-                backups_of, plan.target_addr, vm))
+            await _wait(f"{to} to take a checkpoint of {vm}", BACKUP_WAIT_S, taken)
             say(f"{to} holds a checkpoint of {vm}")
         say(f"final checkpoint of {vm} on {plan.primary} (the guest pauses)")
         _, status, handoff = await h.call("POST", f"/api/v1/vms/{vm}/handoff",
@@ -172,7 +181,3 @@ async def migrate(net: NetworkDir, addrs: list[str], vm: str, to: str,
         v = await _wait(f"{vm} running on {to}", RUN_WAIT_S, running)
     return Result(int(handoff["seq"]), pause_of(handoff, v), time.monotonic() - t0,
                   str(v.get("boot") or ""), float(handoff["migrate_s"]))
-
-
-async def _holds(backups_of: Callable[[str], Any], addr: str, vm: str) -> bool:
-    return any(b.get("vm") == vm and b.get("seq") is not None for b in await backups_of(addr))
