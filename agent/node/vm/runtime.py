@@ -207,8 +207,9 @@ class VmRuntime:
 
     async def _moved_away(self, name: str, h: Handoff, sup: VmSupervisor) -> None:
         """Keep the paused guest until its new primary runs it, then quit (not ACPI)."""
-        while after_handoff(False, self.runs_on(name, h.to), self.majority(),
-                            time.monotonic() - h.since) == "wait":
+        while not self._closed and after_handoff(
+                False, self.runs_on(name, h.to), self.majority(),
+                time.monotonic() - h.since) == "wait":
             await asyncio.sleep(HANDOFF_POLL_S)
         sup.quit_on_stop = True
 
