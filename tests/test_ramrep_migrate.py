@@ -1,6 +1,7 @@
 """Planned migration with memory kept (`mycelium vm migrate`): three real agents on
 loopback, the tiny VM (a serial counter, TCG) replicated from its primary n2 to its
-backup n3. `vm migrate tiny --to n3` pauses the guest for a final checkpoint, the leader
+backup n3. A handoff the leader never commits is thawed: the guest runs on where it
+was. `vm migrate tiny --to n3` pauses the guest for a final checkpoint, the leader
 commits the swap, n3 resumes it from that checkpoint and n2 quits its paused QEMU: the
 counter goes on where it paused, never from 1, and n2 becomes the backup. Then `--to n1`,
 a node that is not a backup, makes n1 one first. In the default run; `-s` prints the
@@ -16,7 +17,7 @@ from agent.authoring.identity import sign_state
 from agent.authoring.netdir import NetworkDir
 from agent.cli import main
 from agent.lab.cluster import Cluster
-from support.agents import GOSSIP, post_envelope, wait_for
+from support.agents import GOSSIP, call, post_envelope, wait_for
 from support.agents import node_vms as vms
 from support.checkpoints import counters
 from support.tinyvm import replicated_state
@@ -80,6 +81,20 @@ def test_migrate_keeps_the_memory(cluster: Cluster, capsys):
     assert main(["vm", "migrate", "tiny", "--to", "n2", "--network", str(cluster.network),
                  "--nodes", ",".join(cluster.addresses())]) == 1
     assert "VM tiny already runs on n2" in capsys.readouterr().err
+
+    # a handoff that is not followed by a commit: the primary's guest runs on (`thaw`)
+    net, n2 = NetworkDir(cluster.network), cluster.nodes[1].addr
+    _, status, body = call(net, [n2], "POST", "/api/v1/vms/tiny/handoff", b'{"to": "n3"}')
+    assert status == 200, body
+    paused = running(cluster, "n2")
+    assert paused and paused["reason"] == "paused for its move to n3", paused
+    at = counters(serial(cluster, "n2"))[-1]
+    seq = body["seq"]
+    assert call(net, [n2], "POST", "/api/v1/vms/tiny/thaw", b"{}")[1] == 200
+    wait_for(lambda: counters(serial(cluster, "n2"))[-1] >= at + 2, 30, "the guest again")
+    assert counters(serial(cluster, "n2"))[-1] > at and not running(cluster, "n3")
+    wait_for(lambda: [b for b in vms(cluster, "n3")["backups"] if (b["seq"] or 0) > seq],
+             60, "checkpoints after the thaw")
 
     moved(cluster, "n2", "n3", capsys)
     # n1 is neither primary nor backup: it is made a backup first, n2 gives its seat up
