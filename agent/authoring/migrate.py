@@ -57,6 +57,7 @@ class Result:
     total_s: float  # the command, from its first request
     boot: str  # how the target started it ("resumed from checkpoint N")
     migrate_s: float  # the final `migrate` itself
+    launch_s: float | None = None  # of the pause: until the target launched QEMU
 
 
 def plan_move(replies: list[Mapping[str, Any]], vm: str, to: str) -> Plan:
@@ -164,7 +165,7 @@ async def migrate(net: NetworkDir, addrs: list[str], vm: str, to: str,
         if status != 200:
             why = handoff.get("error") if isinstance(handoff, dict) else handoff
             raise ConfigError(f"{plan.primary} could not hand {vm} off: {why}")
-        say(f"{to} took checkpoint {handoff['seq']} ({handoff['migrate_s']} s to take); "
+        say(f"{to} took checkpoint {handoff['seq']} ({float(handoff['migrate_s']):.2f} s to take); "
             "committing the move")
         try:
             await _commit(h, leaders, vm, to, "primary")
@@ -179,5 +180,7 @@ async def migrate(net: NetworkDir, addrs: list[str], vm: str, to: str,
             return None
 
         v = await _wait(f"{vm} running on {to}", RUN_WAIT_S, running)
+    launched = v.get("launched_at")
     return Result(int(handoff["seq"]), pause_of(handoff, v), time.monotonic() - t0,
-                  str(v.get("boot") or ""), float(handoff["migrate_s"]))
+                  str(v.get("boot") or ""), float(handoff["migrate_s"]),
+                  pause_of(handoff, {"running_at": launched}) if launched else None)
