@@ -5,7 +5,7 @@
 - a primary that cannot reach a majority keeps running what it is placed for (its last
   committed placement), and never resumes a VM it is not placed for: a guest paused for a
   planned move resumes only where the placement still names it and a majority is in reach
-  (agent/node/vm/policy.py `after_handoff`)."""
+  (agent/node/vm/policy.py `after_handoff`), as the VM runtime applies it (no QEMU)."""
 
 from __future__ import annotations
 
@@ -79,3 +79,61 @@ def test_a_node_cut_off_keeps_acting_on_its_last_placement():
     placement = {"n2": NodeShare("n2", endophytes_primary=("db",), placement_version=4)}
     assert committed_share(placement, 4, "n2", "rhizomorph").endophytes_primary == ("db",)
     assert committed_share(placement, 4, "n3", "rhizomorph").endophytes_primary == ()
+
+
+class FakeReplicator:
+    """What the runtime asks of a Replicator around a planned move."""
+
+    def __init__(self) -> None:
+        self.thawed = 0
+
+    async def final(self, addr: str) -> dict:
+        return {"seq": 3, "to": addr}
+
+    async def thaw(self) -> None:
+        self.thawed += 1
+
+    def stop(self) -> None:
+        pass
+
+
+def test_the_runtime_applies_the_handoff_rule(tmp_path):
+    """VmRuntime around `after_handoff`, without QEMU: a paused guest still placed here is
+    resumed only with a majority; one moved away is quit (not powered down) only once
+    gossip shows its new primary running it."""
+    import asyncio
+    import time
+
+    from agent.node.vm.runtime import Handoff, VmRuntime
+    from agent.node.vm.spec import VmSpec
+    from agent.node.vm.supervisor import VmSupervisor
+
+    seen = {"runs": False, "majority": False}
+
+    async def go() -> None:
+        rt = VmRuntime(tmp_path, runs_on=lambda vm, node: seen["runs"] and node == "n3",
+                       majority=lambda: seen["majority"], targets=lambda _: ["addr3"])
+        sup = rt.vms["db"] = VmSupervisor(VmSpec("db"), rt.paths("db"), rt.cache)
+        rep = rt.replicators["db"] = FakeReplicator()  # type: ignore[assignment]
+        with pytest.raises(ValueError, match="not a live backup"):
+            await rt.hand_off("db", "n4", "addr4")
+        assert (await rt.hand_off("db", "n3", "addr3")) == {"seq": 3, "to": "addr3"}
+        with pytest.raises(ValueError, match="already paused for a move to n3"):
+            await rt.hand_off("db", "n3", "addr3")
+        rt.handoffs["db"] = Handoff("n3", time.monotonic() - 10 * HANDOFF_WAIT_S)
+        rt._after_handoff("db")  # no majority: however long it waited
+        await asyncio.sleep(0)
+        assert rep.thawed == 0 and "db" in rt.handoffs
+        seen["majority"] = True
+        rt._after_handoff("db")
+        await asyncio.sleep(0)
+        assert rep.thawed == 1 and "db" not in rt.handoffs
+        rt.handoffs["db"] = Handoff("n3", time.monotonic())  # paused again, then moved
+        rt._stop("db")
+        await asyncio.sleep(0.5)
+        assert "db" in rt._stopping and not sup.quit_on_stop  # n3 does not run it yet
+        seen["runs"] = True
+        await asyncio.wait_for(rt._stopping["db"], 5)
+        assert sup.quit_on_stop and rep.thawed == 1
+
+    asyncio.run(go())
