@@ -315,8 +315,14 @@ class Replicator:
             raise MyceliumError(f"final checkpoint stream: {e}") from e
         finally:
             path.unlink(missing_ok=True)
+        # to the target only: the other backups' chains end here (the new primary starts
+        # its own), and a full frame one of them needs would lengthen the pause; should
+        # the move fail, they get a full one next
+        for addr in self._backups():
+            if addr != target:
+                self._need_full[addr] = True
         # a precopy stream sends a page again each pass it was dirtied in
-        await self.ship(snap, self._backups(), None,
+        await self.ship(snap, [target], None,
                         changed=page_runs(sorted(set(pages))) if snap.image is image else None)
         self.last.update(started=started, snapshot_s=round(t1 - t0, 3))
         seq, deadline = self.seq, time.monotonic() + SEND_DEADLINE_S
