@@ -138,3 +138,46 @@ def test_cli_parsing():
     assert (args.name, args.node, args.to) == ("tiny", "n3", "127.0.0.1:1,127.0.0.1:2")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["vm", "migrate", "tiny"])  # --to NODE is required
+
+
+class FakeHypha:
+    """Each address answers /primary/move as given: (status, body), or a transport error."""
+
+    def __init__(self, answers: dict[str, tuple[int, dict] | None]) -> None:
+        self.answers, self.asked = answers, []
+
+    async def call(self, method: str, path: str, data: bytes, addr: str):
+        from agent.errors import PeerError
+
+        self.asked.append(addr)
+        if self.answers[addr] is None:
+            raise PeerError(f"{addr}: connection reset")
+        return (addr, *self.answers[addr])
+
+
+OK, NOT_LEADER = (200, {"placement_version": 7}), (421, {"error": "not the leader"})
+
+
+@pytest.mark.parametrize("answers, want", [
+    ({"a": OK}, 7),
+    ({"a": NOT_LEADER, "b": OK}, 7),  # the leader changed: the next sclerotium
+    ({"a": (409, {"error": "VM vm already runs on n1"})}, "refused: VM vm already runs"),
+    ({"a": NOT_LEADER, "b": NOT_LEADER}, "no Raft leader with a majority answered"),
+    # a request lost on the way: committed or not, only the placement will say
+    ({"a": None, "b": NOT_LEADER}, "may or may not be committed"),
+])
+def test_the_commit_says_whether_the_guest_may_run_on(answers, want):
+    """ConfigError (nothing changed: the CLI thaws the paused guest) vs Uncommitted (it
+    must not: the placement decides where the guest runs on)."""
+    import asyncio
+
+    from agent.authoring.migrate import Uncommitted, _commit
+
+    h = FakeHypha(answers)
+    go = _commit(h, list(answers), "vm", "n2", "primary")  # type: ignore[arg-type]
+    if isinstance(want, int):
+        assert asyncio.run(go) == want
+        return
+    with pytest.raises(Uncommitted if "may or" in want else ConfigError, match=want):
+        asyncio.run(go)
+    assert h.asked == list(answers)[:len(h.asked)]

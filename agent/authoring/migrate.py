@@ -120,15 +120,22 @@ async def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
         await asyncio.sleep(POLL_S)
 
 
+class Uncommitted(MyceliumError):
+    """No leader said whether it committed the move (a request failed on the way)."""
+
+
 async def _commit(h: Hypha, leaders: list[str], vm: str, to: str, role: str) -> int:
-    """The leader commits the move; ConfigError when it refuses (nothing changed)."""
+    """The leader commits the move: the new placement version. ConfigError when it was
+    refused or no sclerotium leads (nothing changed); Uncommitted when a request failed
+    on the way, so the move may have been committed or not."""
     body = json.dumps({"vm": vm, "to": to, "as": role}).encode()
-    errors = []
+    errors, lost = [], False
     for addr in leaders:
         try:
             _, status, reply = await h.call("POST", "/api/v1/primary/move", body, addr)
         except MyceliumError as e:
             errors.append(str(e))
+            lost = True
             continue
         if status == 200:
             return int(reply["placement_version"])
@@ -137,6 +144,9 @@ async def _commit(h: Hypha, leaders: list[str], vm: str, to: str, role: str) -> 
             errors.append(f"{addr}: {why}")
             continue
         raise ConfigError(f"the move of VM {vm} to {to} was refused: {why}")
+    if lost:
+        raise Uncommitted(f"the move of VM {vm} to {to} may or may not be committed "
+                          f"({'; '.join(errors)})")
     raise ConfigError(f"no Raft leader with a majority answered ({'; '.join(errors)}); "
                       "a move needs one: see `mycelium status`")
 
@@ -169,9 +179,14 @@ async def migrate(net: NetworkDir, addrs: list[str], vm: str, to: str,
             "committing the move")
         try:
             await _commit(h, leaders, vm, to, "primary")
-        except ConfigError:
+        except ConfigError:  # refused: nothing changed, the guest runs on where it was
             await h.call("POST", f"/api/v1/vms/{vm}/thaw", b"{}", plan.primary_addr)
             raise
+        except Uncommitted as e:  # the placement decides (agent/node/vm/policy.py)
+            raise Uncommitted(f"{e}; {vm} stays paused on {plan.primary} until the "
+                              f"placement says: it runs on {to} if the move was committed, "
+                              f"else it resumes on {plan.primary} a minute after the "
+                              "pause") from e
 
         async def running() -> dict[str, Any] | None:
             for v in (await h.get("/api/v1/vms", plan.target_addr)).get("vms") or []:
