@@ -101,6 +101,9 @@ class ShareRow:
     error: str | None = None
     # VM -> when the newest checkpoint it holds as a backup arrived (its apply status `ckpt`)
     checkpoints: tuple[tuple[str, float], ...] = ()
+    # VM replicated from here -> (buffer fill %, throttle %, wall second of its newest
+    # checkpoint), from its apply status `rep`
+    replication: tuple[tuple[str, tuple[int, int, int]], ...] = ()
 
     @classmethod
     def from_api(cls, s: Mapping[str, Any]) -> ShareRow:
@@ -116,11 +119,19 @@ class ShareRow:
                    backups=_names(sh.get("endophytes_backup")), runtime=runtime,
                    checkpoints=tuple((str(k), float(v)) for k, v in _dict(
                        _dict(s.get("apply")).get("ckpt")).items()
-                       if isinstance(v, int | float) and not isinstance(v, bool)))
+                       if isinstance(v, int | float) and not isinstance(v, bool)),
+                   replication=rep_meta(_dict(s.get("apply")).get("rep")))
 
     @classmethod
     def failed(cls, node: str, error: str) -> ShareRow:
         return cls(node=node, error=error)
+
+
+def rep_meta(value: Any) -> tuple[tuple[str, tuple[int, int, int]], ...]:
+    """A gossiped `rep` ({VM: [fill %, throttle %, second]}), malformed entries skipped."""
+    return tuple((str(k), (v[0], v[1], v[2])) for k, v in _dict(value).items()
+                 if isinstance(v, list) and len(v) == 3
+                 and all(isinstance(x, int) and not isinstance(x, bool) for x in v))
 
 
 def _vm_cells(placed: Any, running: Any) -> tuple[str, ...]:
@@ -150,6 +161,7 @@ class VmRow:
     boot: str = ""
     accel_reason: str = ""  # why that accelerator (the KVM probe's verdict)
     replication: str = ""  # the primary's last checkpoint, one line ("" if not replicated)
+    health: str = ""  # its buffer fill, throttle level and lag, one line
 
     @classmethod
     def from_api(cls, node: str, v: Mapping[str, Any]) -> VmRow:
@@ -162,7 +174,8 @@ class VmRow:
                    memory_mb=_int(v.get("memory_mb")), ports=_names(v.get("ports")),
                    boot=str(v.get("boot") or ""),
                    accel_reason=str(v.get("accel_reason") or ""),
-                   replication=replication_cell(_dict(v.get("replication"))))
+                   replication=replication_cell(_dict(v.get("replication"))),
+                   health=health_cell(_dict(v.get("replication"))))
 
 
 def _kib(n: Any) -> str:
@@ -179,6 +192,17 @@ def replication_cell(r: Mapping[str, Any]) -> str:
     return (f"checkpoint {_int(last.get('seq'))}{' (full)' if last.get('full') else ''}: "
             f"dirtied {_kib(last.get('dirtied_bytes'))}, sent {_kib(last.get('wire_bytes'))}, "
             f"cycle {last.get('cycle_s', '?')} s; backups took {acked}")
+
+
+def health_cell(r: Mapping[str, Any]) -> str:
+    """A primary's buffer fill, throttle level and replication lag (since its newest
+    checkpoint started) in one line, "" when it does not say."""
+    fill, thr, lag = r.get("buffer_fill"), r.get("throttle"), r.get("lag_s")
+    if not isinstance(fill, int | float) or not isinstance(thr, int | float):
+        return ""
+    return (f"buffer {fill * 100:.0f} % full, throttle {thr * 100:.0f} %, lag "
+            + (f"{lag:.0f} s" if isinstance(lag, int | float) else "-")
+            + (", paused by a full buffer" if r.get("paused") else ""))
 
 
 @dataclass(frozen=True)
@@ -259,6 +283,8 @@ def vm_status_lines(rows: Sequence[VmRow], name: str,
             lines.append(f"  boot: {v.boot} (its memory kept)")
         if v.replication:
             lines.append(f"  replication: {v.replication}")
+        if v.health:
+            lines.append(f"  replication: {v.health}")
     return lines + held
 
 
@@ -318,12 +344,26 @@ def backup_cell(s: ShareRow, now: float | None) -> str:
                     if now is not None and b in taken else b for b in s.backups) or "-"
 
 
+def vm_cell(s: ShareRow, now: float | None) -> str:
+    """VMs run here as NAME:STATE, a replicated one with its buffer fill, throttle and
+    replication lag (since its newest checkpoint started) as gossiped:
+    `tiny:running (buf 0% thr 0% lag 2s)`."""
+    rep = dict(s.replication)
+    out = []
+    for cell in s.vms:
+        r = rep.get(cell.split(":", 1)[0])
+        if r is not None and now is not None and r[2]:
+            cell += f" (buf {r[0]}% thr {r[1]}% lag {max(0.0, now - r[2]):.0f}s)"
+        out.append(cell)
+    return ",".join(out) or "-"
+
+
 def share_cells(s: ShareRow, now: float | None = None) -> tuple[str, ...]:
     """One row of the shares table, in SHARE_HEAD's order."""
     if s.error is not None:
         return (s.node, "error: " + s.error[:60], "", "", "", "", "", "")
     return (s.node, s.authority, f"p{s.placement_version}", s.k3s_role or "-",
-            ",".join(s.services) or "-", ",".join(s.vms) or "-", backup_cell(s, now),
+            ",".join(s.services) or "-", vm_cell(s, now), backup_cell(s, now),
             s.runtime or "-")
 
 

@@ -81,6 +81,25 @@ class FakeNode:
         held = self.replicas[name].offer(frame)
         return None if held is None else held.seq
 
+    async def hand_off_vm(self, name: str, to: str) -> dict[str, Any]:
+        if name not in self.vm_dirs:
+            raise LookupError(f"VM {name} is not run and replicated here")
+        if to != "n3":
+            raise ValueError(f"node {to} is not a live backup of VM {name} here yet")
+        self.asked.append(f"handoff {name} to {to}")
+        return {"seq": 7, "started": 100.0, "migrate_s": 0.4}
+
+    async def thaw_vm(self, name: str) -> None:
+        self.asked.append(f"thaw {name}")
+
+    async def move_vm(self, name: str, to: str, role: str) -> int:
+        if to == "far":
+            raise LookupError("n1 is not the Raft leader with a majority")
+        if to == "n2":
+            raise ValueError(f"VM {name} already runs on {to}")
+        self.asked.append(f"move {name} to {to} as {role}")
+        return 12
+
     async def promote(self, secret: str, by: str) -> None:
         self.asked.append(f"promote by {by}")
 
@@ -163,6 +182,19 @@ def test_vm_routes_serial_tail_and_console(tmp_path):
     asyncio.run(run())
 
 
+def as_peer(host: FakeNode, peer: dict[str, Any]) -> web.Application:
+    """The API of `host` as the certificate `peer["who"]` calls it (what the TLS layer
+    sets on each request)."""
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        request["peer"] = peer["who"]
+        return await handler(request)
+
+    app = web.Application(middlewares=[middleware])
+    app.add_routes(api.routes(host))
+    return app
+
+
 @pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
 def test_checkpoint_route_takes_good_frames_and_refuses_the_rest(tmp_path):
     from support.checkpoints import frame
@@ -171,14 +203,7 @@ def test_checkpoint_route_takes_good_frames_and_refuses_the_rest(tmp_path):
         host = FakeNode()
         host.replicas["db"] = ReplicaStore(tmp_path, "db")
         peer = {"who": SimpleNamespace(node_name="n2", client_only=False)}
-
-        @web.middleware
-        async def as_peer(request: web.Request, handler):  # what the TLS layer sets
-            request["peer"] = peer["who"]
-            return await handler(request)
-
-        app = web.Application(middlewares=[as_peer])
-        app.add_routes(api.routes(host))
+        app = as_peer(host, peer)
         url = f"{api.API}/vms/db/checkpoint"
         async with TestClient(TestServer(app)) as c:
             r = await c.post(url, data=frame(seq=4, base=0, previous=None))
@@ -193,6 +218,46 @@ def test_checkpoint_route_takes_good_frames_and_refuses_the_rest(tmp_path):
             peer["who"] = SimpleNamespace(node_name="op", client_only=True)  # an operator
             assert (await c.post(url, data=frame(seq=9, base=0, previous=None))).status == 403
             assert host.replicas["db"].held.seq == 4
+    asyncio.run(run())
+
+
+@pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
+def test_planned_move_routes_take_the_operator_only(tmp_path):
+    """`mycelium vm migrate`'s calls: the handoff on the primary, the commit on the leader
+    (421 elsewhere, so the CLI asks the next sclerotium), a thaw when it was refused; a
+    node's certificate may do none of them."""
+    async def run() -> None:
+        host = FakeNode()
+        host.vm_dirs["tiny"] = tmp_path
+        peer = {"who": SimpleNamespace(node_name="operator", client_only=True)}
+        app = as_peer(host, peer)
+        move, handoff = f"{api.API}/primary/move", f"{api.API}/vms/tiny/handoff"
+        async with TestClient(TestServer(app)) as c:
+            r = await c.post(handoff, json={"to": "n3"})
+            assert r.status == 200 and (await r.json())["seq"] == 7
+            assert (await c.post(handoff, json={"to": "n4"})).status == 409
+            assert (await c.post(f"{api.API}/vms/nope/handoff", json={"to": "n3"})).status \
+                == 404
+            assert (await c.post(handoff, json={"to": 3})).status == 400
+            r = await c.post(move, json={"vm": "tiny", "to": "n3", "as": "primary"})
+            assert r.status == 200 and (await r.json()) == {"placement_version": 12}
+            assert (await c.post(move, json={"vm": "tiny", "to": "far", "as": "backup"})) \
+                .status == 421
+            r = await c.post(move, json={"vm": "tiny", "to": "n2", "as": "primary"})
+            assert r.status == 409 and "already runs on n2" in (await r.json())["error"]
+            assert (await c.post(move, json={"vm": "tiny"})).status == 400
+            assert (await c.post(f"{api.API}/vms/tiny/thaw", json={})).status == 200
+            asked = list(host.asked)
+            for who in (SimpleNamespace(node_name="n2", client_only=False),
+                        SimpleNamespace(node_name="ops", client_only=True)):
+                peer["who"] = who
+                for url, body in ((move, {"vm": "tiny", "to": "n3", "as": "primary"}),
+                                  (handoff, {"to": "n3"}),
+                                  (f"{api.API}/vms/tiny/thaw", {})):
+                    r = await c.post(url, json=body)
+                    assert r.status == 403 and "operator" in (await r.json())["error"]
+            assert asked == host.asked == ["handoff tiny to n3", "move tiny to n3 as primary",
+                                           "thaw tiny"]
     asyncio.run(run())
 
 

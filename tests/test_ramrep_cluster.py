@@ -16,41 +16,19 @@ from agent.authoring.identity import sign_state
 from agent.authoring.netdir import NetworkDir
 from agent.cli import main
 from agent.lab.cluster import Cluster, free_port_pair, kill_node
-from support.agents import GOSSIP, api, post_envelope, wait_for
+from support.agents import GOSSIP, post_envelope, wait_for
+from support.agents import node_vms as vms
 from support.checkpoints import counters
-from support.tinyvm import tiny_vm
+from support.tinyvm import replicated_state
 
 INTERVAL_MS = 1000
 # n1 (the sclerotium) takes the endomycete, so the VM's primary is n2 and its backup n1,
 # and killing n2 leaves the Raft leader alive to move the VM (as in test_vm_cluster).
-YAML = """\
-schema: 1
-network: {{name: local}}
-spores: {{primary: {{target_sclerotia: 1}}}}
-services:
-  endomycetes:
-    web: {{image: localhost/web:1, replicas: 1}}
-  endophytes:
-    tiny:
-      kernel: {kernel}
-      initrd: {initrd}
-      cmdline: {cmdline}
-      cpus: 1
-      memory_mb: 128
-      backups: 1
-      replication_interval_ms: {interval}
-      ports: [{{port: {port}, target: 80}}]
-"""
 
 
 @pytest.fixture(scope="module")
 def cluster(start_cluster) -> Cluster:
     return start_cluster(2, sclerotia=1, extra_args=GOSSIP)
-
-
-def vms(c: Cluster, name: str) -> dict:
-    node = next(n for n in c.nodes if n.name == name)
-    return api(c, "/api/v1/vms", node.addr)
 
 
 def vm_status(c: Cluster, capsys) -> str:
@@ -60,10 +38,8 @@ def vm_status(c: Cluster, capsys) -> str:
 
 
 def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster, capsys):
-    vm = tiny_vm()
-    env = sign_state(NetworkDir(cluster.network), YAML.format(
-        kernel=vm.kernel, initrd=vm.initrd, cmdline=vm.cmdline, interval=INTERVAL_MS,
-        port=free_port_pair()).encode())[1]
+    env = sign_state(NetworkDir(cluster.network),
+                     replicated_state(free_port_pair(), interval_ms=INTERVAL_MS))[1]
     assert post_envelope(cluster, env, cluster.nodes[0].addr)[1] == 200
     n1, n2 = cluster.nodes[0], cluster.nodes[1]
     wait_for(lambda: any(v["state"] == "running" for v in vms(cluster, "n2")["vms"]), 120,

@@ -124,6 +124,56 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
     assert again.resume_stream(tmp_path / "s") == 4
 
 
+def test_final_checkpoint_pauses_the_guest_and_resumes_exactly_there(tmp_path, capsys):
+    """A planned move's final checkpoint (Replicator.final: a plain `migrate`) leaves the
+    guest paused once the backup took it; a QEMU resumed from the backup's store goes on
+    from exactly there, and `thaw` (the move was refused) lets the paused guest run on."""
+    store = ReplicaStore(tmp_path / "replicas", "tiny")
+    primary = VmSupervisor(spec(), VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
+
+    async def send(addr: str, name: str, frame: bytes) -> int:
+        await asyncio.to_thread(store.offer, frame)
+        return 200
+
+    rep = Replicator("tiny", INTERVAL, primary.paths.dir, lambda: primary.qmp,
+                     lambda: ["backup"], send)
+
+    async def go() -> tuple[dict, int, int, list[int]]:
+        primary.start()
+        log = primary.paths.serial_log
+        await wait_until(lambda: len(counters(log)) >= 3, 240, "the counter on serial")
+        assert await rep.once()  # the backup holds a full checkpoint, as before a move
+        await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
+        await asyncio.sleep(1.5)
+        out = await rep.final("backup")
+        assert store.held is not None and store.held.seq == out["seq"] == 2
+        assert await primary.qmp.status() == "postmigrate" and not await rep.once()
+        paused_at = counters(log)[-1]
+        target = VmSupervisor(spec(), VmPaths(tmp_path / "b"), tmp_path / "cache",
+                              policy=FAST, resume=store.resume_stream)
+        target.start()
+        first = (await wait_until(lambda: counters(target.paths.serial_log), 60,
+                                  "the counter on the target"))[0]
+        await target.stop()
+        await asyncio.sleep(1.5)
+        assert counters(log)[-1] == paused_at  # paused all along
+        await rep.thaw()
+        await wait_until(lambda: counters(log)[-1] >= paused_at + 2, 30, "the guest again")
+        assert await rep.once()  # replication goes on (background snapshots again)
+        rep.stop()
+        await primary.stop()
+        return out, paused_at, first, counters(log)
+
+    out, paused_at, first, after = asyncio.run(go())
+    with capsys.disabled():
+        print(f"\n  final checkpoint {out['seq']}: migrate {out['migrate_s']} s, taken after "
+              f"{out['taken_s']} s, {out['wire_bytes'] >> 10} KiB; paused at {COUNTER} "
+              f"{paused_at}, the resumed copy began at {first}")
+    assert paused_at < first <= paused_at + 2  # at most the line the pause cut is missing
+    resumed = after[after.index(paused_at):]
+    assert resumed == list(range(paused_at, paused_at + len(resumed)))  # nothing skipped
+
+
 @pytest.mark.parametrize("damage", ["truncate", "foreign"])
 def test_backup_refuses_and_keeps_the_last_good(tmp_path, damage):
     from support.checkpoints import frame

@@ -80,6 +80,20 @@ def test_shares_table_shows_each_backups_checkpoint_age():
     assert "vm1 (ckpt 4s)" in table and "junk" not in table
 
 
+def test_shares_table_shows_each_primarys_buffer_throttle_and_lag():
+    """Issue 15's metrics as the primary gossips them (`rep`: fill %, throttle %, wall
+    second of its newest checkpoint); a malformed entry is left out."""
+    row = {"node": "n4", "authority": "primary", "placement_version": 3,
+           "share": {"endophytes_primary": ["tiny", "db", "old"]},
+           "vms": [{"name": "tiny", "state": "running"}, {"name": "db", "state": "running"}],
+           "apply": {"rep": {"tiny": [12, 30, 998], "db": [1, "x", 3], "old": [1, 2]}}}
+    (share,) = share_rows([row])
+    assert share.replication == (("tiny", (12, 30, 998)),)
+    table = shares_table([share], now=1001.0)
+    assert "tiny:running (buf 12% thr 30% lag 3s),db:running,old " in table + " ", table
+    assert "(buf" not in shares_table([share])  # no clock: no lag to show
+
+
 def test_status_frame_adds_shares_only_when_asked():
     members = member_rows(MEMBERS)
     assert status_frame(members, [], now=1001.0) == MEMBERS_TABLE
@@ -211,6 +225,12 @@ def test_vm_views_from_node_replies():
     assert ("  replication: checkpoint 9: dirtied 600 KiB, sent 90 KiB, cycle 0.8 s; "
             "backups took 127.0.0.1:7=9") in lines
     assert lines[-1] == "  backup on n3: checkpoint 9, 0m01s old, 1 refused (last: sha256)"
+    assert not any("buffer" in x for x in lines)  # an older primary does not say
+    replicated[0]["vms"][0]["replication"].update(buffer_fill=0.25, throttle=0.1, lag_s=1.6,
+                                                  paused=True)
+    lines = vm_status_lines(vm_rows(replicated), "db", backup_rows(replicated))
+    assert ("  replication: buffer 25 % full, throttle 10 %, lag 2 s, paused by a full "
+            "buffer") in lines
     share = ShareRow.from_api({"node": "n2", "share": {"endophytes_primary": ["db", "new"]},
                                "vms": [{"name": "db", "state": "running"},
                                        {"name": "old", "state": "stopping"}]})

@@ -1,7 +1,9 @@
-"""`mycelium vm list|status|console`: the endophyte VMs, as the nodes running them say.
+"""`mycelium vm list|status|console|migrate`: the endophyte VMs, as the nodes running them
+say, and planned moves.
 
 Argument parsing and printing only: asking the nodes is agent/authoring/reach.py, the
-console agent/authoring/console.py, the tables agent/views.py.
+console agent/authoring/console.py, a move agent/authoring/migrate.py, the tables
+agent/views.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="only watch the output this long, then exit (no typing)")
     co.add_argument("--tail", action="store_true",
                     help="print the end of the serial log and exit")
+    mi = vs.add_parser("migrate", help="planned move of a replicated VM to another node, "
+                       "its memory kept (the guest pauses for the last checkpoint)")
+    mi.add_argument("name")
+    mi.add_argument("--to", dest="node", required=True, metavar="NODE",
+                    help="the node to run it on (made a backup first if it is not one)")
+    mi.add_argument("--nodes", dest="to", metavar="HOST:PORT[,...]",
+                    help="nodes to talk to (default: $MYCELIUM_NODES, else the seed "
+                    "spore's bootstrap addresses)")
+    mi.add_argument("--network", metavar="DIR")
+    mi.set_defaults(func=cmd_migrate)
     for q in (ls, st, co):
         q.add_argument("--to", help="nodes to talk to, HOST:PORT[,...] (default: "
                        "$MYCELIUM_NODES, else the seed spore's bootstrap addresses)")
@@ -85,4 +97,15 @@ def cmd_console(args: argparse.Namespace) -> int:
         sys.stdout.write(asyncio.run(tail())["text"])
         return 0
     asyncio.run(run_console(net, addr, args.name, sys.stdout.buffer, args.watch_for))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from agent.authoring.migrate import migrate
+
+    net = find_network(args.network)
+    r = asyncio.run(migrate(net, node_addresses(args.to, net), args.name, args.node,
+                            say=lambda line: print(line, flush=True)))
+    print(f"{args.name} runs on {args.node} ({r.boot}): paused {r.pause_s:.2f} s "
+          f"(final checkpoint {r.seq}: migrate {r.migrate_s:.2f} s), {r.total_s:.1f} s in all")
     return 0

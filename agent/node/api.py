@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from agent.errors import DataError, StorageError, TrustError
+from agent.errors import DataError, MyceliumError, StorageError, TrustError
 from agent.gossip.member import MemberView
 from agent.node.datadir import NodeIdentity
 from agent.node.events import EventLog
@@ -61,6 +61,20 @@ class NodeHost(Protocol):
         a part of a split frame kept until the rest comes. TrustError unless `by` is the
         VM's primary, LookupError if this node is not its backup, FrameError if the frame
         is refused."""
+
+    async def hand_off_vm(self, name: str, to: str) -> dict[str, Any]:
+        """The final checkpoint of a planned move of VM `name` to its backup `to`, taken
+        by `to`, the guest left paused here. LookupError if VM `name` is not run and
+        replicated here, ValueError if `to` cannot take it, MyceliumError on a failure
+        (then the guest runs on)."""
+
+    async def thaw_vm(self, name: str) -> None:
+        """The move was not committed: the paused guest runs on here."""
+
+    async def move_vm(self, name: str, to: str, role: str) -> int:
+        """Leader: commit the placement with VM `name` moved to node `to` as `role`
+        (primary | backup): the new placement version. LookupError when this node may not
+        place, ValueError (agent/desired/moves.py MoveError) when the move is refused."""
 
     def release_file(self, sha256: str) -> Path | None:
         """The release artifact this node holds under that SHA-256, or None."""
@@ -196,6 +210,38 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
             return web.json_response({"part": "kept"}, status=202)
         return web.json_response({"seq": seq})
 
+    async def handoff(request: web.Request) -> web.Response:
+        """`mycelium vm migrate`: the primary's final checkpoint, shipped to the target."""
+        (to,) = await _operator_fields(request, "migrate a VM", "to")
+        try:
+            return web.json_response(await agent.hand_off_vm(request.match_info["name"], to))
+        except LookupError as e:
+            return web.json_response({"error": str(e).strip("'")}, status=404)
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except (MyceliumError, OSError) as e:  # QMP, the stream, the backup: it runs on
+            return web.json_response({"error": f"final checkpoint failed (the VM runs on "
+                                      f"where it was): {e}"}, status=502)
+
+    async def thaw(request: web.Request) -> web.Response:
+        await _operator_fields(request, "migrate a VM")
+        await agent.thaw_vm(request.match_info["name"])
+        return web.json_response({"ok": True})
+
+    async def move(request: web.Request) -> web.Response:
+        """The leader commits a planned VM move (agent/desired/moves.py)."""
+        vm, to, role = await _operator_fields(request, "move a VM", "vm", "to", "as")
+        try:
+            version = await agent.move_vm(vm, to, role)
+        except LookupError as e:
+            return web.json_response({"error": str(e).strip("'")}, status=421)
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except (MyceliumError, TimeoutError) as e:
+            return web.json_response({"error": f"not committed: {e or 'timed out'}"},
+                                     status=503)
+        return web.json_response({"placement_version": version})
+
     def _vm(request: web.Request) -> VmPaths:
         paths = agent.vm_paths(request.match_info["name"])
         if paths is None:
@@ -264,6 +310,9 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         web.get(f"{API}/vms/{{name}}/serial", serial),
         web.get(f"{API}/vms/{{name}}/console", vm_console),
         web.post(f"{API}/vms/{{name}}/checkpoint", checkpoint),
+        web.post(f"{API}/vms/{{name}}/handoff", handoff),
+        web.post(f"{API}/vms/{{name}}/thaw", thaw),
+        web.post(f"{API}/primary/move", move),
         web.get(f"{API}/primary", primary),
         web.post(f"{API}/primary/promote", promote),
         web.post(f"{API}/primary/demote", demote),
@@ -299,6 +348,26 @@ def _node_peer(request: web.Request) -> str:
     if peer is None or peer.client_only:
         raise TrustError("only a node certificate may change the backbone")
     return peer.node_name
+
+
+async def _operator_fields(request: web.Request, what: str, *names: str) -> list[str]:
+    """The operator's request (else 403) and the string fields `names` of its JSON body
+    (each required; else 400), for the routes only the operator may call."""
+    def refuse(cls: type[web.HTTPException], error: str) -> web.HTTPException:
+        return cls(text=json.dumps({"error": error}), content_type="application/json")
+
+    try:
+        _operator_peer(request, what)
+    except TrustError as e:
+        raise refuse(web.HTTPForbidden, str(e)) from e
+    if not names:
+        return []
+    body = await read_json(request)
+    values = [body.get(n) if isinstance(body, dict) else None for n in names]
+    if not all(isinstance(v, str) and v for v in values):
+        raise refuse(web.HTTPBadRequest, f"bad request: {', '.join(names)} must be "
+                     "non-empty strings")
+    return values
 
 
 def _operator_peer(request: web.Request, what: str) -> None:

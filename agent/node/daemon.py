@@ -50,7 +50,9 @@ from agent.node.decisions import (
     latent_view,
     pull_placement_from,
     pull_state_from,
+    runs_vm,
     sclerotium_in_reach,
+    stale_copies,
 )
 from agent.node.enrol import (
     EnrolService,
@@ -61,7 +63,7 @@ from agent.node.enrol import (
     split_addr,
 )
 from agent.node.events import STORAGE, EventLog, RepeatFilter
-from agent.node.held import HeldState
+from agent.node.held import HeldState, shares_from_dict
 from agent.node.reconcile import Reconciler
 from agent.node.releases import ReleaseStore
 from agent.node.rollout import RolloutDriver
@@ -190,7 +192,9 @@ class Agent:
         self.reconciler: Reconciler | None = None
         self.vms = VmRuntime(node.path, stop_deadline=opts.vm_stop_deadline,
                              on_change=self._on_vm_change, send=self._send_checkpoint,
-                             targets=self._vm_backup_addrs)
+                             targets=self._vm_backup_addrs,
+                             runs_on=lambda vm, node: runs_vm(self.members(), node, vm),
+                             majority=self.majority_in_reach)
         self._vm_states: dict[str, str] = {}
         self.backbone: Backbone | None = None
         self._fetching: asyncio.Task | None = None
@@ -500,23 +504,30 @@ class Agent:
 
     def apply_status(self) -> dict[str, Any]:
         summary = self.reconciler.summary() if self.reconciler else self.status
-        vms, ckpt = self.vms.summary(), self.vms.checkpoints()
-        return {**summary, **({"vms": vms} if vms else {}), **({"ckpt": ckpt} if ckpt else {})}
+        vms, ckpt, rep = self.vms.summary(), self.vms.checkpoints(), self.vms.replication_meta()
+        return {**summary, **({"vms": vms} if vms else {}), **({"ckpt": ckpt} if ckpt else {}),
+                **({"rep": rep} if rep else {})}
 
     # --- authority --------------------------------------------------------------------
 
-    def decision(self) -> Decision:
-        """Primary > Seed > Latent for this node, from what each source says now."""
-        members = self.members()
+    def _primary_view(self) -> PrimaryView:
         bb = self.backbone
         if bb is not None and bb.primary is not None:
             v = bb.primary.read()
-            primary = PrimaryView(True, bb.primary.is_leader(), bb.primary.has_quorum(),
-                                  v["version"], tuple(sorted(v["members"])),
-                                  v["placement_version"])
-        else:
-            primary = gossip_primary(members, self.primary_members)
-        return decide(primary, self.seed_view, latent_view(members), self.held.placement_version)
+            return PrimaryView(True, bb.primary.is_leader(), bb.primary.has_quorum(),
+                               v["version"], tuple(sorted(v["members"])),
+                               v["placement_version"])
+        return gossip_primary(self.members(), self.primary_members)
+
+    def decision(self) -> Decision:
+        """Primary > Seed > Latent for this node, from what each source says now."""
+        return decide(self._primary_view(), self.seed_view, latent_view(self.members()),
+                      self.held.placement_version)
+
+    def majority_in_reach(self) -> bool:
+        """A Raft leader with a majority is in reach (so its placements reach us)."""
+        p = self._primary_view()
+        return p.reachable and p.has_quorum
 
     def gossip_interval(self) -> float:
         return self.latent.interval if self.latent else self._gossip_pace()[0]
@@ -541,8 +552,15 @@ class Agent:
     def sync_vms(self) -> None:
         """Start and stop VMs to match this node's share now (idempotent, cheap)."""
         share = self.held.share()
-        self.vms.apply(wanted_vms(self.state, share), backed_up_vms(self.state, share),
-                       replicated_vms(self.state, share))
+        wanted = wanted_vms(self.state, share)
+        stale = stale_copies(self.members(), self.identity.name, self.held.placement_version,
+                             wanted)
+        for name in stale:
+            if name in self.vms.vms:
+                log.warning("vm %s: a node on a newer placement runs it: stopping the copy "
+                            "here", name)
+        self.vms.apply({n: s for n, s in wanted.items() if n not in stale},
+                       backed_up_vms(self.state, share), replicated_vms(self.state, share))
 
     def _vm_backup_addrs(self, name: str) -> list[str]:
         """API addresses of the live nodes placed as backups of VM `name`."""
@@ -553,7 +571,7 @@ class Agent:
     async def _send_checkpoint(self, addr: str, name: str, frame: bytes) -> int:
         reply = await self.peers.request("POST", f"https://{addr}{api.API}/vms/{name}/checkpoint",
                                          data=frame, timeout=api.CHECKPOINT_DEADLINE)
-        if reply.status != 200:
+        if reply.status not in (200, 202):  # 202: a part of a split frame, kept
             log.warning("vm %s: checkpoint to %s: %s %s", name, addr, reply.status,
                         reply.body[:200].decode(errors="replace"))
         return reply.status
@@ -569,12 +587,50 @@ class Agent:
     def vm_backups(self) -> list[dict[str, Any]]:
         return self.vms.backup_status()
 
+    async def hand_off_vm(self, name: str, to: str) -> dict[str, Any]:
+        """The final checkpoint of a planned move of VM `name` to backup node `to`."""
+        addr = next((m.addr for m in self.members() if m.name == to and m.alive), None)
+        if addr is None:
+            raise ValueError(f"node {to} is not a live member here")
+        return await self.vms.hand_off(name, to, addr)
+
+    async def thaw_vm(self, name: str) -> None:
+        await self.vms.thaw(name)
+
+    async def move_vm(self, name: str, to: str, role: str) -> int:
+        """Leader: commit the placement with VM `name` moved to node `to` as `role`."""
+        from agent.desired.moves import move
+        from agent.node.vm.replicator import replicable_vms
+
+        bb = self.backbone
+        if bb is None or bb.primary is None or not self.may_place():
+            raise LookupError(f"{self.identity.name} is not the Raft leader with a majority; "
+                              "ask the leader (see `mycelium status`)")
+        if self.state is None or role not in ("primary", "backup"):
+            raise ValueError("no state held yet" if self.state is None else
+                             f"role must be primary or backup, not {role!r}")
+        view = bb.primary.read()
+        version = view["placement_version"] + 1
+        live = {m.name for m in self.live()}
+        new = move(self.state, shares_from_dict(view["placement"]), live, name, to,
+                   role, version, replicable_vms(self.state))  # type: ignore[arg-type]
+        shares = {n: asdict(s) for n, s in new.items()}
+        if not await bb.primary.put_placement(version, {"state_version": self.held_version,
+                                                        "shares": shares}):
+            raise ValueError("the placement changed meanwhile; try again")
+        self.events.add("placement", f"VM {name} moved to {to} as {role} by the operator "
+                        f"(placement v{version})")
+        self.on_primary(version, {"state_version": self.held_version, "shares": shares})
+        return version
+
     async def _watch_vms(self) -> None:
         """Catch what no event announced (a placement computed from gossip changing as
         members come and go)."""
         while True:
             try:
                 self.sync_vms()
+                if self.vms.replicators:  # buffer, throttle and lag in gossip (`rep`)
+                    self.refresh_meta()
             except Exception:  # a bad sync must not end the watch
                 log.exception("syncing VMs failed")
             await asyncio.sleep(VM_SYNC_INTERVAL)

@@ -123,3 +123,26 @@ def committed_share(placement: dict[str, NodeShare], version: int, name: str,
     its view when it placed, e.g. a slow joiner) runs no workloads, but still applies the
     state's node-wide parts (users, base, agent): with no plan at all it stayed unusable."""
     return placement.get(name) or NodeShare(name, placement_version=version, role=role)
+
+
+def runs_vm(members: Iterable[MemberView], node: str, vm: str) -> bool:
+    """Gossip says live member `node` runs VM `vm` (its apply status `vms`)."""
+    return any(m.name == node and m.alive and _vm_states(m).get(vm) == "running"
+               for m in members)
+
+
+def stale_copies(members: Iterable[MemberView], me: str, placement_version: int,
+                 vms: Iterable[str]) -> frozenset[str]:
+    """Which of `vms` (run here under placement `placement_version`) a live member acting
+    on a newer placement runs too: this node's copy is the stale one. An old primary that
+    comes back from a partition stops such a VM at once, before it has fetched the newer
+    placement itself, so the VM never runs twice for longer than gossip takes."""
+    wanted = set(vms)
+    return frozenset(vm for m in members if m.name != me and m.alive
+                     and m.meta.pv > placement_version
+                     for vm, st in _vm_states(m).items() if vm in wanted and st == "running")
+
+
+def _vm_states(m: MemberView) -> dict[str, str]:
+    vms = m.meta.status.get("vms")
+    return {str(k): str(v) for k, v in vms.items()} if isinstance(vms, dict) else {}

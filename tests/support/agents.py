@@ -92,6 +92,11 @@ def wait_for(pred: Callable[[], T], timeout: float = 30.0, what: str = "conditio
     raise AssertionError(f"timed out waiting for {what}; last seen: {last}")
 
 
+def node_vms(c: Cluster, name: str) -> dict:
+    """Node `name`'s /api/v1/vms: the VMs it runs and the checkpoints it holds."""
+    return api(c, "/api/v1/vms", next(n for n in c.nodes if n.name == name).addr)
+
+
 def states(c: Cluster, addr: str) -> dict[str, str]:
     """Member name -> SWIM state (alive, suspect, dead) as `addr` sees them."""
     return {m["name"]: m["state"] for m in api(c, "/api/v1/members", addr)}

@@ -38,6 +38,8 @@ def frame(**kw) -> bytes:
 
 
 def counters(log: Path) -> list[int]:
-    """The counter values the tiny VM printed into serial log `log`, in order."""
+    """The counter values the tiny VM printed into serial log `log`, in order: complete
+    lines only (a checkpoint or a kill may cut the last one)."""
     text = log.read_text(errors="replace") if log.is_file() else ""
-    return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]
+    return [int(x.split()[1]) for x in text.split("\n")[:-1]
+            if x.startswith(COUNTER + " ") and x.split()[1:2] and x.split()[1].isdigit()]

@@ -96,3 +96,37 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
         part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
         part.rename(initrd)
     return TinyVM(kernel, initrd)
+
+
+# A state with the tiny VM replicated to one backup. n1 (the sclerotium) takes the
+# endomycete, so the VM's primary and backup are the other nodes.
+REPLICATED_YAML = """\
+schema: 1
+network: {{name: local}}
+spores: {{primary: {{target_sclerotia: 1}}}}
+services:
+  endomycetes:
+    web: {{image: localhost/web:1, replicas: 1}}
+  endophytes:
+    tiny:
+      kernel: {kernel}
+      initrd: {initrd}
+      cmdline: {cmdline}
+      cpus: 1
+      memory_mb: {memory}
+      backups: 1
+      replication_interval_ms: {interval}
+"""
+
+
+def replicated_state(port: int | None, memory_mb: int = 128, interval_ms: int = 1000) -> bytes:
+    """REPLICATED_YAML for the tiny VM (built on first use; skips as tiny_vm does), with
+    host `port` forwarded to its web server. Agents on one host that run two copies at
+    once (a planned move keeps the old one until the new one runs) need None: two QEMUs
+    cannot forward one host port."""
+    vm = tiny_vm()
+    text = REPLICATED_YAML.format(kernel=vm.kernel, initrd=vm.initrd, cmdline=vm.cmdline,
+                                  memory=memory_mb, interval=interval_ms)
+    if port is not None:
+        text += f"      ports: [{{port: {port}, target: 80}}]\n"
+    return text.encode()

@@ -72,3 +72,29 @@ def uptime_s(state: State, started: float | None, now: float) -> float | None:
     if state not in ("starting", "running") or started is None:
         return None
     return max(0.0, now - started)
+
+
+# A planned move (`mycelium vm migrate`) leaves the old primary's guest paused after its
+# final checkpoint until the move is committed and the new primary runs it.
+HANDOFF_WAIT_S = 60.0  # a paused guest still placed here waits this long for its move
+HANDOFF_GIVE_UP_S = 600.0  # a moved guest's paused copy is kept this long at most
+
+Handoff = Literal["wait", "resume", "quit"]
+
+
+def after_handoff(placed_here: bool, runs_elsewhere: bool, majority: bool,
+                  waited_s: float) -> Handoff:
+    """What the old primary does with a guest paused for a planned move:
+    - moved away (the placement names another primary): quit once the new primary runs
+      it (never before: if it cannot, the paused copy is all there is), or after
+      HANDOFF_GIVE_UP_S;
+    - still placed here after HANDOFF_WAIT_S: the move was not committed; resume, but
+      only with a majority in reach. A node cut off from the majority cannot know whether
+      the leader committed the move meanwhile: it keeps the guest paused rather than run
+      it beside the new primary;
+    - otherwise wait."""
+    if not placed_here:
+        return "quit" if runs_elsewhere or waited_s >= HANDOFF_GIVE_UP_S else "wait"
+    if runs_elsewhere:  # a newer placement is on its way here: never run it twice
+        return "wait"
+    return "resume" if majority and waited_s >= HANDOFF_WAIT_S else "wait"

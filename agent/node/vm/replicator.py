@@ -46,6 +46,7 @@ SEND_DEADLINE_S = 60.0  # for one backup to take a frame (a full one can be larg
 BUFFER_MIN = 16 << 20  # bytes of unsent frames per backup, at least...
 BUFFER_OF_IMAGE = 0.5  # ...or this share of the guest's memory (a full frame fits)
 LEVEL_STEP = 0.05  # throttle changes smaller than this are not applied
+FINAL_BANDWIDTH = 1 << 40  # bytes/s: the final checkpoint of a move is not rate-limited
 CONNECTIONS = 4  # parallel requests a large frame is split over, per backup
 PART_MIN = 1 << 20  # frames under this go whole
 DEFAULT_THROTTLE = Throttle()
@@ -64,6 +65,11 @@ def _replicable(state: DesiredState | None) -> dict[str, Endophyte]:
             or not state.components.ram_replication:
         return {}
     return {e.name: e for e in state.endophytes if e.backups > 0 and not e.image}
+
+
+def replicable_vms(state: DesiredState | None) -> frozenset[str]:
+    """The VMs whose memory is replicated (a planned move is offered for those only)."""
+    return frozenset(_replicable(state))
 
 
 def backed_up_vms(state: DesiredState | None, share: NodeShare | None) -> frozenset[str]:
@@ -154,6 +160,8 @@ class Replicator:
         self.last: dict[str, Any] = {}
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
+        self._cycle = asyncio.Lock()  # one checkpoint at a time (periodic or final)
+        self.frozen = False  # after a final checkpoint: the guest waits for its move
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"replicate-{self.name}")
@@ -167,7 +175,8 @@ class Replicator:
         while True:
             t0 = time.monotonic()
             try:
-                await self.once()
+                async with self._cycle:
+                    await self.once()
             except (MyceliumError, OSError) as e:  # QMP, stream, disk, peers: next time
                 self.last_error = str(e)
                 log.warning("vm %s: checkpoint: %s", self.name, e)
@@ -182,7 +191,7 @@ class Replicator:
             box = self._boxes.pop(addr)
             if box.task is not None:
                 box.task.cancel()
-        if qmp is None:
+        if qmp is None or self.frozen:
             return False
         await self._regulate(qmp)
         if not targets or self.paused or await qmp.status() != "running":
@@ -264,6 +273,79 @@ class Replicator:
                  wire, len(targets))
         if qmp is not None:
             await self._regulate(qmp, pause)
+
+    async def final(self, target: str) -> dict[str, Any]:
+        """The last checkpoint before a planned move to backup `target`: a plain `migrate`
+        (no background snapshot), after which QEMU leaves the guest paused, shipped as
+        the next frame; returns once `target` took it, with the guest still paused (the
+        caller commits the move, or `thaw`s). On a failure the guest runs on."""
+        async with self._cycle:
+            qmp = self._qmp()
+            if qmp is None or self.paused or await qmp.status() != "running":
+                raise MyceliumError(f"VM {self.name} is not running here (or is paused by "
+                                    "its checkpoint buffer); try again")
+            self.frozen, started, t0 = True, time.time(), time.monotonic()
+            try:
+                return await self._final(qmp, target, started, t0)
+            except BaseException:
+                await self.thaw()
+                raise
+
+    async def _final(self, qmp: Qmp, target: str, started: float,
+                     t0: float) -> dict[str, Any]:
+        await qmp.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "background-snapshot", "state": False}]})
+        self._armed = None  # the next periodic checkpoint arms it again
+        await qmp.execute("migrate-set-parameters", {"max-bandwidth": FINAL_BANDWIDTH})
+        path = self.dir / "checkpoint.stream"
+        await background_snapshot(qmp, path, True)  # armed=True: the capability stays off
+        t1 = time.monotonic()
+        info = await qmp.execute("query-migrate")
+        total, down = (info.get("total-time"), info.get("downtime")) \
+            if isinstance(info, dict) else (None, None)
+        # the guest ran during the precopy passes and stopped for the last one
+        stopped = started + (max(0, total - down) / 1000 if isinstance(total, int)
+                             and isinstance(down, int) else 0.0)
+        image = self._prev.image if self._prev is not None else None
+        pages: list[int] = []
+        try:
+            snap = await asyncio.to_thread(lambda: parse(path.read_bytes(), image, pages))
+        except StreamError as e:
+            self._prev = None
+            raise MyceliumError(f"final checkpoint stream: {e}") from e
+        finally:
+            path.unlink(missing_ok=True)
+        # to the target only: the other backups' chains end here (the new primary starts
+        # its own), and a full frame one of them needs would lengthen the pause; should
+        # the move fail, they get a full one next
+        for addr in self._backups():
+            if addr != target:
+                self._need_full[addr] = True
+        # a precopy stream sends a page again each pass it was dirtied in
+        await self.ship(snap, [target], None,
+                        changed=page_runs(sorted(set(pages))) if snap.image is image else None)
+        self.last.update(started=started, snapshot_s=round(t1 - t0, 3))
+        seq, deadline = self.seq, time.monotonic() + SEND_DEADLINE_S
+        while self.acked.get(target, 0) < seq:
+            if time.monotonic() > deadline or target not in self._boxes \
+                    or self._need_full.get(target):  # its send failed
+                raise MyceliumError(f"backup {target} did not take the final checkpoint "
+                                    f"{seq}")
+            await asyncio.sleep(MIGRATE_POLL_S)
+        return {"seq": seq, "started": started, "stopped": stopped,
+                "migrate_s": round(t1 - t0, 3),
+                "taken_s": round(time.monotonic() - t0, 3),
+                "wire_bytes": self.last.get("wire_bytes")}
+
+    async def thaw(self) -> None:
+        """The move did not happen: the guest runs on from where it paused."""
+        qmp = self._qmp()
+        try:
+            if qmp is not None and await qmp.status() in ("postmigrate", "paused") \
+                    and not self.paused:
+                await qmp.execute("cont")
+        finally:
+            self.frozen = False
 
     def fill(self) -> float:
         """The fullest backup's buffer, as a fraction of the capacity."""

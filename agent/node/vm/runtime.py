@@ -26,13 +26,14 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.node.vm.accel import accel_reason, choose_accel
 from agent.node.vm.checkpoint import Held
 from agent.node.vm.cpulimit import CpuLimit
-from agent.node.vm.policy import DEFAULT_POLICY, Policy
+from agent.node.vm.policy import DEFAULT_POLICY, Policy, after_handoff
 from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replication, Replicator, Send
 from agent.node.vm.spec import VmPaths, VmSpec
@@ -42,6 +43,15 @@ log = logging.getLogger("mycelium.vm")
 
 SUMMARY_MAX = 16  # VMs named in the gossip meta
 RESUME_MAX_AGE_S = 600.0  # a checkpoint on disk older than this is not resumed from
+HANDOFF_POLL_S = 0.1  # how often a moved guest's old primary looks for it running elsewhere
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A guest paused here after the final checkpoint of a planned move to node `to`."""
+
+    to: str
+    since: float  # monotonic
 
 
 async def _no_send(addr: str, name: str, frame: bytes) -> int:
@@ -53,10 +63,16 @@ class VmRuntime:
                  stop_deadline: float = STOP_DEADLINE_S, qemu: str = "qemu-system-x86_64",
                  on_change: Callable[[], None] = lambda: None,
                  send: Send = _no_send,
-                 targets: Callable[[str], list[str]] = lambda _: []) -> None:
+                 targets: Callable[[str], list[str]] = lambda _: [],
+                 runs_on: Callable[[str, str], bool] = lambda vm, node: False,
+                 majority: Callable[[], bool] = lambda: False) -> None:
+        """`runs_on(vm, node)`: gossip says node runs vm; `majority`: the Primary's
+        majority is in reach (both for planned moves: README "VM memory replication")."""
         self.root = data_dir / "vms"
         self.replica_root = data_dir / "vm-replicas"
         self.send, self.targets = send, targets
+        self.runs_on, self.majority = runs_on, majority
+        self.handoffs: dict[str, Handoff] = {}
         self.replicas: dict[str, ReplicaStore] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self.replicators: dict[str, Replicator] = {}
@@ -100,6 +116,7 @@ class VmRuntime:
                 self.vms[name] = sup
                 sup.start(after=self._stopping.get(name))
             self._replicate(name, replicate.get(name))
+            self._after_handoff(name)
         for name in set(self.replicas) - backups:
             del self.replicas[name]  # its files stay: a move here resumes from them
         for name in backups - set(self.replicas) - set(self._loading) - set(wanted):
@@ -155,6 +172,47 @@ class VmRuntime:
         if rep is not None:
             rep.stop()
 
+    async def hand_off(self, name: str, to: str, addr: str) -> dict[str, Any]:
+        """The final checkpoint of a planned move of VM `name` to node `to` (API address
+        `addr`, one of its backups): shipped and taken, the guest left paused here."""
+        rep = self.replicators.get(name)
+        if rep is None or name not in self.vms:
+            raise LookupError(f"VM {name} is not run and replicated here")
+        if name in self.handoffs:
+            raise ValueError(f"VM {name} is already paused for a move to "
+                             f"{self.handoffs[name].to}")
+        if addr not in self.targets(name):
+            raise ValueError(f"node {to} is not a live backup of VM {name} here yet")
+        out = await rep.final(addr)
+        self.handoffs[name] = Handoff(to, time.monotonic())
+        return out
+
+    async def thaw(self, name: str) -> None:
+        """The planned move of VM `name` was refused: its guest runs on here."""
+        self.handoffs.pop(name, None)
+        rep = self.replicators.get(name)
+        if rep is not None:
+            await rep.thaw()
+
+    def _after_handoff(self, name: str) -> None:
+        """A guest paused for a move that is still placed here (policy.after_handoff)."""
+        h = self.handoffs.get(name)
+        if h is not None and after_handoff(True, self.runs_on(name, h.to), self.majority(),
+                                           time.monotonic() - h.since) == "resume":
+            log.warning("vm %s: its move to %s was not committed: resuming it here",
+                        name, h.to)
+            del self.handoffs[name]
+            if (rep := self.replicators.get(name)) is not None:
+                asyncio.get_running_loop().create_task(rep.thaw())
+
+    async def _moved_away(self, name: str, h: Handoff, sup: VmSupervisor) -> None:
+        """Keep the paused guest until its new primary runs it, then quit (not ACPI)."""
+        while not self._closed and after_handoff(
+                False, self.runs_on(name, h.to), self.majority(),
+                time.monotonic() - h.since) == "wait":
+            await asyncio.sleep(HANDOFF_POLL_S)
+        sup.quit_on_stop = True
+
     def offer(self, name: str, frame: bytes) -> Held | None:
         """A checkpoint of VM `name` from its primary: LookupError if this node is not
         its backup, FrameError if the frame is refused (the last good one is kept)."""
@@ -167,10 +225,13 @@ class VmRuntime:
         self._end_replication(name)
         sup = self.vms.pop(name)
         before = self._stopping.get(name)
+        handoff = self.handoffs.pop(name, None)
 
         async def stop() -> None:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
+            if handoff is not None and not self._closed:
+                await self._moved_away(name, handoff, sup)
             await sup.stop()
             if (cap := self._caps.pop(name, None)) is not None:
                 cap.close()
@@ -185,9 +246,14 @@ class VmRuntime:
         """One record per VM supervised here, by name (those still stopping included)."""
         out = {n: {**sup.status(), "accel_reason": accel_reason(self.qemu) if sup.accel
                    else ""} for n, sup in self.vms.items()}
+        now = time.time()
         for n, rep in self.replicators.items():
             if n in out:
-                out[n]["replication"] = rep.status()
+                r = out[n]["replication"] = rep.status()
+                started = r["last"].get("started")
+                r["lag_s"] = None if started is None else round(now - started, 1)
+                if n in self.handoffs:
+                    out[n]["reason"] = f"paused for its move to {self.handoffs[n].to}"
         for n in self._stopping:
             out.setdefault(n, {"name": n, "state": "stopping", "reason": "moved or deleted"})
         return [out[n] for n in sorted(out)]
@@ -201,6 +267,16 @@ class VmRuntime:
         gossiped, so the leader resumes a dead primary's VM on the newest backup."""
         return {n: round(s.taken_at, 1) for n, s in self.replicas.items()
                 if s.taken_at is not None}
+
+    def replication_meta(self) -> dict[str, list[int]]:
+        """VM -> [buffer fill %, throttle %, wall second its newest checkpoint started]
+        for each VM replicated from here: gossiped (a few bytes per VM, SUMMARY_MAX VMs at
+        most), so `mycelium status --shares` shows the lag without asking the primary."""
+        out = {}
+        for n, rep in list(self.replicators.items())[:SUMMARY_MAX]:
+            out[n] = [round(rep.fill() * 100), round(rep.level * 100),
+                      int(rep.last.get("started") or 0)]
+        return out
 
     def summary(self) -> dict[str, str]:
         """name -> state, small enough for every gossip message: past SUMMARY_MAX VMs,

@@ -38,6 +38,7 @@ STOP_DEADLINE_S = 30.0  # for the guest to power off after ACPI powerdown
 TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 QMP_CONNECT_S = 10.0  # for QEMU to open its QMP socket after launch
 STATUS_EVERY_S = 2.0
+STARTING_EVERY_S = 0.05  # QMP connects and status reads while the VM starts or resumes
 PR_SET_PDEATHSIG = 1
 
 
@@ -73,6 +74,9 @@ class VmSupervisor:
         self.qmp_status = ""
         self.pid: int | None = None
         self.started: float | None = None  # monotonic, of the current QEMU
+        self.running_at: float | None = None  # wall clock: when QMP first said running
+        self.launched_at: float | None = None  # wall clock: when the current QEMU started
+        self.quit_on_stop = False  # stop with QMP `quit`: a paused guest ignores ACPI
         self.exits = Exits()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -102,7 +106,8 @@ class VmSupervisor:
                 "restarts": self.exits.count, "cpus": self.spec.cpus,
                 "memory_mb": self.spec.memory_mb,
                 "ports": [f"{f.port}->{f.target}/{f.protocol}" for f in self.spec.forwards],
-                "boot": self.boot}
+                "boot": self.boot, "running_at": self.running_at,
+                "launched_at": self.launched_at}
 
     @property
     def qmp(self) -> Qmp | None:
@@ -193,7 +198,7 @@ class VmSupervisor:
                     preexec_fn=_die_with_parent)
             except OSError as e:
                 return 0.0, f"cannot run {argv[0]}: {e.strerror}"
-        self.pid, self.started = self._proc.pid, t0
+        self.pid, self.started, self.launched_at = self._proc.pid, t0, time.time()
         watch = asyncio.create_task(self._watch_qmp())
         stop = asyncio.create_task(self._stop.wait())
         exited = asyncio.create_task(self._proc.wait())
@@ -208,7 +213,7 @@ class VmSupervisor:
             await self._close_qmp()
             await self._kill()
         rc = self._proc.returncode
-        self.pid = self.started = None
+        self.pid = self.started = self.running_at = self.launched_at = None
         self.qmp_status = ""
         return time.monotonic() - t0, f"exit status {rc}: {self._last_words()}"
 
@@ -221,7 +226,7 @@ class VmSupervisor:
                 if time.monotonic() > deadline:
                     self.qmp_status = "no QMP"
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(STARTING_EVERY_S)
         while True:
             try:
                 self.qmp_status = await self._qmp.status()
@@ -229,17 +234,21 @@ class VmSupervisor:
                 self.qmp_status = f"error: {e}"
                 return
             if self.state == "starting" and self.qmp_status == "running":
+                self.running_at = time.time()
                 self._set("running")
-            await asyncio.sleep(STATUS_EVERY_S)
+            # soon after a resume, so a planned move's pause is measured (and ends) close
+            # to when the guest runs again
+            await asyncio.sleep(STATUS_EVERY_S if self.state == "running" else STARTING_EVERY_S)
 
     async def _shutdown(self) -> None:
         """ACPI powerdown, then the deadline, then TERM and KILL (in _kill)."""
         proc = self._proc
         assert proc is not None
-        self._set("stopping", "ACPI powerdown")
+        how = "quit (its memory went on elsewhere)" if self.quit_on_stop else "ACPI powerdown"
+        self._set("stopping", how)
         if self._qmp is not None:
             try:
-                await self._qmp.execute("system_powerdown")
+                await self._qmp.execute("quit" if self.quit_on_stop else "system_powerdown")
             except QmpError:
                 pass
         try:
