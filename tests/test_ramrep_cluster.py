@@ -16,7 +16,7 @@ from agent.authoring.identity import sign_state
 from agent.authoring.netdir import NetworkDir
 from agent.cli import main
 from agent.lab.cluster import Cluster, free_port_pair, kill_node
-from support.agents import GOSSIP, post_envelope, wait_for
+from support.agents import GOSSIP, api, post_envelope, wait_for
 from support.agents import node_vms as vms
 from support.checkpoints import counters
 from support.tinyvm import replicated_state
