@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,16 @@ pytestmark = pytest.mark.bench
 
 
 def argv(d: Path, tag: str, mem: int, shared: Path | None = None,
-         incoming: str | None = None, initrd: Path | None = None) -> list[str]:
+         incoming: str | None = None, initrd: Path | None = None, append: str = ""
+         ) -> list[str]:
     vm = tiny_vm()
     if initrd is not None:
         vm = TinyVM(vm.kernel, initrd)
     a = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", "1", "-m", str(mem),
          "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
          "-qmp", f"unix:{d}/{tag}.qmp,server=on,wait=off", "-serial", f"file:{d}/{tag}.log",
-         "-kernel", str(vm.kernel), "-initrd", str(vm.initrd), "-append", vm.cmdline,
+         "-kernel", str(vm.kernel), "-initrd", str(vm.initrd),
+         "-append", f"{vm.cmdline} {append}".strip(),
          "-netdev", "user,id=n0", "-device", "e1000,netdev=n0"]
     if shared:
         a += ["-object", f"memory-backend-file,id=mem,size={mem}M,mem-path={shared},share=on",
@@ -214,13 +217,15 @@ def test_bench_parallel_connections(start_cluster):
     print("\n" + "\n".join(asyncio.run(go())))
 
 
-WORK_INIT = """#!/bin/busybox sh
+GUEST_INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mkdir -p /proc /dev
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev
-n=0
+"""  # the start of every bench guest's /init
+
+WORK_INIT = GUEST_INIT + """n=0
 while true; do
   i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done
   n=$((n+1)); echo "work $n"
@@ -239,26 +244,40 @@ async def rate(log: Path, seconds: float) -> float:
     return (work_done(log) - n0) / (time.monotonic() - t0)
 
 
+def guest_initrd(d: Path, init: str) -> Path:
+    """An initramfs of busybox whose /init is `init`."""
+    import gzip
+
+    initrd = d / "guest.gz"
+    initrd.write_bytes(gzip.compress(newc({"init": (init.encode(), 0o755),
+                                           "bin/busybox": (BUSYBOX.read_bytes(), 0o755)})))
+    return initrd
+
+
+def store_sender(d: Path, name: str) -> Callable[[str, str, bytes], Awaitable[int]]:
+    """A Replicator's `send` into a backup store in this process (no network)."""
+    from agent.node.vm.replica import ReplicaStore
+
+    store = ReplicaStore(d / "replicas", name)
+
+    async def send(addr: str, vm: str, frame: bytes) -> int:
+        await asyncio.to_thread(store.offer, frame)
+        return 200
+
+    return send
+
+
 def test_bench_guest_slowdown(tmp_path):
     """A guest doing fixed units of CPU work (a shell loop), 256 MiB, TCG: units per
     second without replication, with a checkpoint every second shipped to a backup store
     in the same host, and without again (the machine's load drifts). BENCH_INTERVAL_S sets
 the interval (default 1), BENCH_WINDOW_S the windows (default 20)."""
-    import gzip
-
-    from agent.node.vm.replica import ReplicaStore
     from agent.node.vm.replicator import Replicator
 
-    initrd = tmp_path / "work.gz"
-    initrd.write_bytes(gzip.compress(newc({"init": (WORK_INIT.encode(), 0o755),
-                                           "bin/busybox": (BUSYBOX.read_bytes(), 0o755)})))
-    store = ReplicaStore(tmp_path / "replicas", "w")
+    initrd = guest_initrd(tmp_path, WORK_INIT)
+    send = store_sender(tmp_path, "w")
     window = float(os.environ.get("BENCH_WINDOW_S", "20"))
     interval = float(os.environ.get("BENCH_INTERVAL_S", "1"))
-
-    async def send(addr: str, name: str, frame: bytes) -> int:
-        await asyncio.to_thread(store.offer, frame)
-        return 200
 
     async def go() -> str:
         p, q = await start(tmp_path, "w", 256, initrd=initrd)
@@ -288,5 +307,64 @@ the interval (default 1), BENCH_WINDOW_S the windows (default 20)."""
                 f"{last.get('snapshot_s')} s, parse+diff {last.get('parse_s')} s, "
                 f"encode {last.get('encode_s')} s, all {last.get('cycle_s')} s): slowdown "
                 f"{(1 - during / base) * 100:.0f} % (target under 15 %)")
+
+    print("\n" + asyncio.run(go()))
+
+
+# The guest overwrites the same RATE KiB of a file in its RAM (initramfs) with random
+# bytes once a second: a known dirtying rate, incompressible.
+DIRTY_INIT = GUEST_INIT + """rate=$(sed -n 's/.*dirty=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+echo "dirtying ${rate:-0} KiB/s"
+while true; do
+  [ "${rate:-0}" -gt 0 ] && dd if=/dev/urandom of=/buf bs=1024 count=$rate conv=notrunc 2>/dev/null
+  echo tick; sleep 1
+done
+"""
+
+
+@pytest.mark.parametrize("kib_s", [0, 256, 1024, 4096])
+def test_bench_dirty_rate(tmp_path, kib_s):
+    """Checkpoints of a 256 MiB guest that dirties memory at a known rate, every second,
+    to a backup store in this process: bytes dirtied and on the wire per checkpoint
+    follow the rate, not the guest's size (BENCH_CHECKPOINTS sets how many, default 10)."""
+    import statistics
+
+    from agent.node.vm.replicator import Replicator
+
+    tiny_vm()
+    initrd = guest_initrd(tmp_path, DIRTY_INIT)
+    send = store_sender(tmp_path, "d")
+    count = int(os.environ.get("BENCH_CHECKPOINTS", "10"))
+
+    async def go() -> str:
+        p, q = await start(tmp_path, "d", 256, initrd=initrd, append=f"dirty={kib_s}")
+        try:
+            log = tmp_path / "d.log"
+            t0 = time.monotonic()
+            while (log.read_text(errors="replace") if log.is_file() else "").count("tick") < 3:
+                assert time.monotonic() - t0 < 180, "the guest did not start"
+                await asyncio.sleep(0.5)
+            rep = Replicator("d", 1.0, tmp_path, lambda: q, lambda: ["b"], send)
+            rep.start()
+            seen: dict[int, dict] = {}
+            while len(seen) < count + 2:  # the first (full) and one to settle are not counted
+                if rep.last.get("seq") and "wire_bytes" in rep.last:
+                    seen[rep.last["seq"]] = dict(rep.last)
+                await asyncio.sleep(0.05)
+            rep.stop()
+        finally:
+            p.kill()
+            p.wait()
+        rows = [seen[k] for k in sorted(seen)[2:]]
+
+        def med(key: str) -> float:
+            return statistics.median(float(r.get(key) or 0) for r in rows)
+        return (f"  256 MiB guest dirtying {kib_s} KiB/s, {len(rows)} checkpoints at 1 s: "
+                f"dirtied {med('dirtied_bytes') / 1024:.0f} KiB, on the wire "
+                f"{med('wire_bytes') / 1024:.0f} KiB (medians; range "
+                f"{min(r['wire_bytes'] for r in rows) >> 10}-"
+                f"{max(r['wire_bytes'] for r in rows) >> 10} KiB), snapshot "
+                f"{med('snapshot_s'):.2f} s, parse+diff {med('parse_s'):.2f} s, cycle "
+                f"{med('cycle_s'):.2f} s")
 
     print("\n" + asyncio.run(go()))
