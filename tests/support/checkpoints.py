@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent.node.vm.checkpoint import encode
 from agent.node.vm.stream import BE32, BE64, F_EOS, F_MEM_SIZE, FOOTER, MAGIC, PAGE, Block, Snapshot
-from support.tinyvm import COUNTER
+from support.tinyvm import COUNTER, DISK
 
 P = PAGE
 
@@ -41,3 +41,10 @@ def counters(log: Path) -> list[int]:
     """The counter values the tiny VM printed into serial log `log`, in order."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]
+
+
+def disk_ticks(log: Path) -> list[tuple[int, int]]:
+    """(N, D) of each `tiny-disk N D` line: the tick and what the disk held before it."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [(int(x.split()[1]), int(x.split()[2])) for x in text.splitlines()
+            if x.startswith(DISK + " ") and len(x.split()) == 3]

@@ -5,6 +5,13 @@ drivers from the host's modules, configures QEMU's user network (10.0.2.15), ser
 HTTP on port 80 (the page says `tiny-vm`), powers off on ACPI powerdown (busybox acpid),
 and prints `tiny-counter N` once a second on the serial port (ttyS0), N increasing.
 
+With a disk (virtio, /dev/vda: `disk_image` makes one), each tick first reads block 0
+with O_DIRECT (what the virtual disk holds, not the guest's page cache), writes N there
+(O_DIRECT), and prints `tiny-disk N D`, D the number it read: D = N - 1 while the disk
+and the guest's memory belong to the same instant, so a VM resumed over a disk of another
+instant shows it at its next tick. `tiny.rate=KIB` on the kernel command line also writes
+KIB KiB of random data per tick to fresh 64 KiB blocks (a known disk write rate).
+
 The initramfs is a newc cpio (agent/node/vm/initramfs.py: no cpio or root needed),
 gzip-compressed, and built once into the cache ($MYCELIUM_CACHE/tinyvm, named by its inputs' hash).
 Needs `busybox-static` and `linux-image-amd64` (both in .ci/install --test).
@@ -16,6 +23,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +34,12 @@ from agent.node.vm.initramfs import newc
 BUSYBOX = Path("/bin/busybox")
 MODULES = ("kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
            "kernel/drivers/acpi/button.ko", "kernel/drivers/input/evdev.ko")
+DISK_MODULES = ("kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+                "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+                "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko")
 COUNTER = "tiny-counter"
+DISK = "tiny-disk"
 PAGE = "tiny-vm\n"
 GUEST_PORT = 80
 CMDLINE = "console=ttyS0 quiet panic=-1"
@@ -38,7 +51,7 @@ mkdir -p /proc /sys /dev /tmp /www /etc/acpi/PWRF
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /lib/modules/*.ko; do insmod "$m"; done
+for m in /lib/modules/*.ko /lib/modules/disk/*.ko; do insmod "$m"; done
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -49,8 +62,23 @@ printf '#!/bin/sh\\npoweroff -f\\n' > /etc/acpi/PWRF/00000080
 chmod +x /etc/acpi/PWRF/00000080
 sleep 1  # evdev creates /dev/input/event* for the power button
 acpid -c /etc/acpi -l /tmp/acpid.log
+rate=0
+for a in $(cat /proc/cmdline); do case "$a" in tiny.rate=*) rate=${{a#tiny.rate=}};; esac; done
 n=0
-while true; do n=$((n+1)); echo "{COUNTER} $n"; sleep 1; done
+while true; do
+  n=$((n+1))
+  if [ -b /dev/vda ]; then
+    d=$(dd if=/dev/vda bs=4096 count=1 iflag=direct 2>/dev/null | tr -dc 0-9)
+    echo $n | dd of=/dev/vda bs=4096 conv=sync,notrunc oflag=direct 2>/dev/null
+    echo "{DISK} $n ${{d:-0}}"
+    if [ "$rate" -gt 0 ]; then
+      dd if=/dev/urandom of=/dev/vda bs=64k count=$((rate / 64)) oflag=direct \
+        seek=$((16 + (n * rate / 64) % 512)) 2>/dev/null
+    fi
+  fi
+  echo "{COUNTER} $n"
+  sleep 1
+done
 """
 
 
@@ -86,6 +114,9 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
     files = {"init": (INIT.encode(), 0o755), "bin/busybox": (BUSYBOX.read_bytes(), 0o755)}
     for m in MODULES:
         files[f"lib/modules/{Path(m).name}"] = ((mods / m).read_bytes(), 0o644)
+    for i, m in enumerate(DISK_MODULES):  # numbered: insmod in dependency order
+        if (mods / m).is_file():
+            files[f"lib/modules/disk/{i}-{Path(m).name}"] = ((mods / m).read_bytes(), 0o644)
     key = hashlib.sha256(b"".join(n.encode() + hashlib.sha256(d).digest()
                                   for n, (d, _) in sorted(files.items()))).hexdigest()[:16]
     out = (cache or cache_root()) / key
@@ -96,3 +127,10 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
         part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
         part.rename(initrd)
     return TinyVM(kernel, initrd)
+
+
+def disk_image(path: Path, size_mb: int = 64) -> Path:
+    """An empty qcow2 base image for the tiny VM's disk."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mb}M"],
+                   check=True)
+    return path

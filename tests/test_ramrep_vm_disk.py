@@ -1,0 +1,116 @@
+"""Disk replication with real QEMU: the tiny VM (TCG) with a qcow2 disk its guest writes its
+counter to (O_DIRECT, block 0) and reads back before each tick, so every `tiny-disk N D`
+line says whether the disk holds what the guest's memory expects (D = N - 1).
+
+Checkpoints of memory and disk cut in one pause are shipped into a backup's store; a
+second QEMU resumes from the store: its counter goes on and its disk is of the same
+instant. The control: the same memory resumed over the disk of an earlier checkpoint
+shows D != N - 1, so the check would catch a disk of another instant."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+from agent.node.vm import diskckpt
+from agent.node.vm.checkpoint import CLUSTER, FrameError
+from agent.node.vm.diskstore import DiskStore
+from agent.node.vm.replica import ReplicaStore
+from agent.node.vm.replicator import Replicator
+from agent.node.vm.spec import VmPaths, VmSpec
+from agent.node.vm.supervisor import VmSupervisor
+from support.checkpoints import counters, disk_ticks
+from support.tinyvm import disk_image, tiny_vm
+from test_ramrep_vm import FAST, INTERVAL, wait_until
+
+
+def spec(base: Path) -> VmSpec:
+    vm = tiny_vm()
+    return VmSpec("tiny", 1, 128, image=str(base), kernel=str(vm.kernel),
+                  initrd=str(vm.initrd), cmdline=vm.cmdline)
+
+
+async def resumed_ticks(s: VmSpec, d: Path, cache: Path, resume_disk) -> tuple[str, list]:
+    """Start a QEMU resuming through `resume_disk`; its boot line and first disk ticks."""
+    sup = VmSupervisor(s, VmPaths(d), cache, policy=FAST, resume=lambda _: None,
+                       resume_disk=resume_disk)
+    sup.start()
+    try:
+        ticks = await wait_until(lambda: len(disk_ticks(sup.paths.serial_log)) >= 2 and
+                                 disk_ticks(sup.paths.serial_log), 90, "disk ticks")
+        return sup.boot, ticks
+    finally:
+        await sup.stop()
+
+
+def test_memory_and_disk_resume_at_the_same_instant(tmp_path, capsys):
+    base = disk_image(tmp_path / "base.qcow2")
+    s = spec(base)
+    store = ReplicaStore(tmp_path / "replicas", "tiny")
+    primary = VmSupervisor(s, VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
+    stale = tmp_path / "stale"
+
+    async def send(addr: str, name: str, frame: bytes) -> int:
+        try:
+            await asyncio.to_thread(store.offer, frame)
+        except FrameError:
+            return 409
+        return 200
+
+    rep = Replicator("tiny", INTERVAL, primary.paths.dir, lambda: primary.qmp,
+                     lambda: ["backup"], send)
+    sent: list[dict] = []
+
+    async def go() -> tuple[list, list, list, int]:
+        primary.start()
+        log = primary.paths.serial_log
+        await wait_until(lambda: len(disk_ticks(log)) >= 3, 240, "disk ticks on serial")
+        assert all(dd == n - 1 for n, dd in disk_ticks(log)), disk_ticks(log)
+        for i in range(5):  # one full, then incremental ones
+            t0 = time.monotonic()
+            assert await rep.once()
+            await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
+            sent.append(dict(rep.last))
+            if i == 1:  # the control's disk: an earlier instant than the last checkpoint
+                stale.mkdir()
+                for f in ("disk.data", "disk.map", "disk.json"):
+                    shutil.copy(store.dir / f, stale / f)
+            await asyncio.sleep(max(0.0, INTERVAL + 0.5 - (time.monotonic() - t0)))
+        disk = await diskckpt.disk_of(primary.qmp)
+        layers = sorted(primary.paths.dir.glob("layer-*.qcow2"))
+        rep.stop()
+        os.kill(primary.pid, 9)
+        await primary.stop()
+        held = store.held.seq
+        boot, ticks = await resumed_ticks(s, tmp_path / "b", tmp_path / "cache", store.resume)
+        assert boot == f"resumed from checkpoint {held}"
+        first = counters(tmp_path / "b" / "serial.log")
+
+        def stale_resume(stream: Path, out: Path, b: Path, fmt: str) -> int | None:
+            seq = store.resume(stream, out, b, fmt)  # this instant's memory...
+            DiskStore(stale).write_overlay(out, b, fmt)  # ...over an earlier disk
+            return seq
+
+        boot2, control = await resumed_ticks(s, tmp_path / "c", tmp_path / "cache",
+                                             stale_resume)
+        assert boot2 == boot
+        return [disk, layers], ticks, control, first[0]
+
+    (disk, layers), ticks, control, first = asyncio.run(go())
+    assert sent[0]["full"] and sent[0]["disk_bytes"] >= CLUSTER
+    for x in sent[1:]:  # the guest rewrites block 0 each tick: that one cluster, or none
+        assert not x["full"] and x["disk_bytes"] in (0, CLUSTER), x
+    assert len(disk.files) == 3 and len(layers) == 1  # base, overlay, the open layer
+    n, d = ticks[0]
+    assert n > 2 and first > 2, (ticks, first)  # resumed, not booted again
+    assert all(dd == nn - 1 for nn, dd in ticks), ticks  # the disk of the same instant
+    assert control[0][1] != control[0][0] - 1, control  # the control shows a stale disk
+    with capsys.disabled():
+        for x in sent:
+            print(f"\n  checkpoint {x['seq']}: paused {x['pause_s'] * 1000:.0f} ms, disk "
+                  f"{x['disk_bytes'] >> 10} KiB, on the wire {x['wire_bytes'] >> 10} KiB, "
+                  f"cycle {x['cycle_s']} s")
+        print(f"  resumed: first disk ticks {ticks}; control over an older disk {control}")
