@@ -20,7 +20,7 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import counters
+from support.checkpoints import counters, to_store
 from support.tinyvm import COUNTER, tiny_vm
 
 INTERVAL = 1.0
@@ -47,15 +47,8 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
     store = ReplicaStore(tmp_path / "replicas", "tiny")
     primary = VmSupervisor(spec(), VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
 
-    async def send(addr: str, name: str, frame: bytes) -> int:
-        try:
-            await asyncio.to_thread(store.offer, frame)
-        except FrameError:
-            return 409
-        return 200
-
     rep = Replicator("tiny", INTERVAL, primary.paths.dir, lambda: primary.qmp,
-                     lambda: ["backup"], send)
+                     lambda: ["backup"], to_store(store))
     sent: list[dict] = []
 
     async def go() -> tuple[int, float, int]:

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from agent.node.vm import diskckpt
-from agent.node.vm.checkpoint import CLUSTER, FrameError
+from agent.node.vm.checkpoint import CLUSTER
 from agent.node.vm.diskstore import DiskStore
 from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import counters, disk_ticks
+from support.checkpoints import counters, disk_ticks, to_store
 from support.tinyvm import disk_image, tiny_vm
 from test_ramrep_vm import FAST, INTERVAL, wait_until
 
@@ -53,15 +53,8 @@ def test_memory_and_disk_resume_at_the_same_instant(tmp_path, capsys):
     primary = VmSupervisor(s, VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
     stale = tmp_path / "stale"
 
-    async def send(addr: str, name: str, frame: bytes) -> int:
-        try:
-            await asyncio.to_thread(store.offer, frame)
-        except FrameError:
-            return 409
-        return 200
-
     rep = Replicator("tiny", INTERVAL, primary.paths.dir, lambda: primary.qmp,
-                     lambda: ["backup"], send)
+                     lambda: ["backup"], to_store(store))
     sent: list[dict] = []
 
     async def go() -> tuple[list, list, list, int]:

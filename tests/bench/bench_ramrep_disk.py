@@ -18,7 +18,7 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import disk_ticks
+from support.checkpoints import disk_ticks, to_store
 from support.tinyvm import disk_image, tiny_vm
 from test_ramrep_vm import FAST
 
@@ -37,11 +37,8 @@ def test_pause_and_disk_bytes_per_checkpoint(tmp_path, rate_kib, capsys):
     store = ReplicaStore(tmp_path / "replicas", "tiny")
     sup = VmSupervisor(s, VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
 
-    async def send(addr: str, name: str, frame: bytes) -> int:
-        await asyncio.to_thread(store.offer, frame)
-        return 200
-
-    rep = Replicator("tiny", INTERVAL, sup.paths.dir, lambda: sup.qmp, lambda: ["b"], send)
+    rep = Replicator("tiny", INTERVAL, sup.paths.dir, lambda: sup.qmp, lambda: ["b"],
+                     to_store(store))
 
     async def go() -> list[dict]:
         sup.start()

@@ -3,6 +3,7 @@ checkpoint frames, and the tiny VM's counter read from a serial log."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from agent.node.vm.checkpoint import encode
@@ -48,3 +49,17 @@ def disk_ticks(log: Path) -> list[tuple[int, int]]:
     text = log.read_text(errors="replace") if log.is_file() else ""
     return [(int(x.split()[1]), int(x.split()[2])) for x in text.splitlines()
             if x.startswith(DISK + " ") and len(x.split()) == 3]
+
+
+def to_store(store):
+    """A Replicator `send` that offers each frame to the backup store `store` in process:
+    200 taken, 409 refused."""
+    from agent.node.vm.checkpoint import FrameError
+
+    async def send(addr: str, name: str, frame: bytes) -> int:
+        try:
+            await asyncio.to_thread(store.offer, frame)
+        except FrameError:
+            return 409
+        return 200
+    return send
