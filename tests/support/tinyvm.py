@@ -72,8 +72,8 @@ while true; do
     echo $n | dd of=/dev/vda bs=4096 conv=sync,notrunc oflag=direct 2>/dev/null
     echo "{DISK} $n ${{d:-0}}"
     if [ "$rate" -gt 0 ]; then
-      dd if=/dev/urandom of=/dev/vda bs=64k count=$((rate / 64)) oflag=direct \
-        seek=$((16 + (n * rate / 64) % 512)) 2>/dev/null
+      w=$((rate / 64)); at=$((16 + n * w % 512))
+      dd if=/dev/urandom of=/dev/vda bs=64k count=$w seek=$at oflag=direct 2>/dev/null
     fi
   fi
   echo "{COUNTER} $n"

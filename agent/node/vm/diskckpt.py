@@ -37,6 +37,7 @@ log = logging.getLogger("mycelium.vm")
 
 DEVICE = "disk0"  # the drive's id (spec.qemu_argv)
 NODE = "vmdisk"  # the node name of the VM's own overlay
+LAYER = "layer-"  # checkpoint layer files: layer-CHAIN-SEQ.qcow2 (images.fold_layers)
 RUN_MAX = 16 * CLUSTER  # bytes per disk run in a frame (one zlib object each)
 RESTART_DEADLINE_S = 30.0  # for the migration thread to start the VM again
 FOLD_DEADLINE_S = 60.0  # for one block-commit job
@@ -50,6 +51,12 @@ class Disk:
     node: str  # node name of the top layer
     files: tuple[str, ...]
     size: int
+
+    @property
+    def layers(self) -> int:
+        """How many files are checkpoint layers (on top; vmdisk comes next)."""
+        return next((i for i, f in enumerate(self.files)
+                     if not Path(f).name.startswith(LAYER)), len(self.files))
 
 
 @dataclass
@@ -87,7 +94,7 @@ async def cut(qmp: Qmp, disk: Disk, workdir: Path, tag: str,
               start_snapshot: Callable[[], Awaitable[None]]) -> Cut:
     """Pause, put a new layer on top, start the memory snapshot; the VM runs again when
     this returns (the snapshot itself goes on in the background)."""
-    layer = workdir / f"layer-{tag}.qcow2"
+    layer = workdir / f"{LAYER}{tag}.qcow2"
     await qmp.execute("stop")
     t0 = time.monotonic()
     try:
@@ -133,7 +140,7 @@ def _map(path: str) -> list[dict[str, object]]:
 def read_part(disk: Disk, full: bool) -> DiskPart:
     """The clusters of `disk`'s top layer (full: of every layer above the base image)
     with their data, read from the files."""
-    below = len(disk.files) - 1 if full else 1  # depths taken: [0, below)
+    below = disk.layers + 1 if full else 1  # depths taken: the layers and vmdisk, or 0
     runs: list[tuple[int, int, bytes | None]] = []
     fds: dict[int, int] = {}
     try:
@@ -180,4 +187,5 @@ async def fold(qmp: Qmp, c: Cut) -> None:
               and (e.get("data") or {}).get("error")]
     if failed:
         raise QmpError(f"block-commit of {c.closed.files[0]}: {failed[-1]['data']['error']}")
-    Path(c.closed.files[0]).unlink(missing_ok=True)
+    for f in c.closed.files[:c.closed.layers]:  # all layers down to vmdisk went in
+        Path(f).unlink(missing_ok=True)

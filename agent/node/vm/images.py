@@ -110,8 +110,8 @@ def fold_layers(paths: VmPaths) -> None:
         except VmError:  # its backing file went (a fold that completed): a leftover
             continue
         chain = [Path(str(i.get("filename", ""))).resolve() for i in info]
-        if paths.overlay.resolve() in chain:
-            tops.append((chain.index(paths.overlay.resolve()), layer))
+        if paths.overlay.resolve() in chain:  # the top was written last (a layer left
+            tops.append((layer.stat().st_mtime_ns, layer))  # by a fold is older)
     if tops:
         _qemu_img("commit", "-q", "-b", str(paths.overlay), str(max(tops)[1]))
     for layer in layers:

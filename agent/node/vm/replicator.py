@@ -229,15 +229,17 @@ class Replicator:
     async def _snapshot(self, qmp: Qmp, path: Path) -> diskckpt.Cut | None:
         """The memory snapshot into `path`; for a VM with a disk, taken in a pause with
         the disk cut at the same instant, and the disk's closed layer read."""
-        armed, self._armed = self._armed is qmp, qmp
+        armed = self._armed is qmp
         disk = await diskckpt.disk_of(qmp)
         if disk is None:
             await background_snapshot(qmp, path, armed)
+            self._armed = qmp
             return None
         try:
             cut = await diskckpt.cut(qmp, disk, self.dir, f"{self.chain}-{self.seq + 1}",
                                      lambda: start_snapshot(qmp, path, armed))
             await snapshot_done(qmp)
+            self._armed = qmp
             cut.inc = await asyncio.to_thread(diskckpt.read_part, cut.closed, False)
         except BaseException:  # a layer may be closed that no backup got: go full next
             self._prev = None
