@@ -131,7 +131,7 @@ def test_backup_resumes_the_vm_with_its_memory_and_disk(start_cluster, tmp_path,
     assert post_envelope(c, env, c.nodes[0].addr)[1] == 200
     n1, n2 = c.nodes[0], c.nodes[1]
     serial2 = Path(n2.data_dir) / "vms" / "tiny" / "serial.log"
-    wait_for(lambda: len(disk_ticks(serial2)) >= 3, 120, "disk ticks on n2")
+    wait_for(lambda: len(disk_ticks(serial2)) >= 5, 120, "disk ticks on n2")
     wait_for(lambda: [b for b in vms(c, "n1")["backups"] if (b["seq"] or 0) >= 4], 120,
              "four checkpoints on n1")
     last = vms(c, "n2")["vms"][0]["replication"]["last"]
