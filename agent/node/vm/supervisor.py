@@ -38,6 +38,7 @@ STOP_DEADLINE_S = 30.0  # for the guest to power off after ACPI powerdown
 TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 QMP_CONNECT_S = 10.0  # for QEMU to open its QMP socket after launch
 STATUS_EVERY_S = 2.0
+STARTING_EVERY_S = 0.2
 PR_SET_PDEATHSIG = 1
 
 # (stream, disk out, base image, its format) -> seq of the checkpoint written, or None
@@ -256,7 +257,9 @@ class VmSupervisor:
                     log.warning("vm %s: cont after resume: %s", self.spec.name, e)
                 await asyncio.sleep(0.1)
                 continue
-            await asyncio.sleep(STATUS_EVERY_S)
+            # while starting, look often: a resumed VM is running (or paused, to be
+            # continued) a moment after its incoming migration
+            await asyncio.sleep(STARTING_EVERY_S if self.state == "starting" else STATUS_EVERY_S)
 
     async def _shutdown(self) -> None:
         """ACPI powerdown, then the deadline, then TERM and KILL (in _kill)."""
