@@ -33,17 +33,31 @@ def spec(base: Path) -> VmSpec:
                   initrd=str(vm.initrd), cmdline=vm.cmdline)
 
 
-async def resumed_ticks(s: VmSpec, d: Path, cache: Path, resume_disk) -> tuple[str, list]:
-    """Start a QEMU resuming through `resume_disk`; its boot line and first disk ticks."""
+async def resumed_ticks(s: VmSpec, d: Path, cache: Path, resume_disk,
+                        then=None) -> tuple[str, list]:
+    """Start a QEMU resuming through `resume_disk`; its boot line and first disk ticks
+    (`then(supervisor)` is awaited before it stops)."""
     sup = VmSupervisor(s, VmPaths(d), cache, policy=FAST, resume=lambda _: None,
                        resume_disk=resume_disk)
     sup.start()
     try:
         ticks = await wait_until(lambda: len(disk_ticks(sup.paths.serial_log)) >= 2 and
                                  disk_ticks(sup.paths.serial_log), 90, "disk ticks")
+        if then is not None:
+            await then(sup)
         return sup.boot, ticks
     finally:
         await sup.stop()
+
+
+async def replicate_once(sup: VmSupervisor, store: ReplicaStore) -> None:
+    """One full checkpoint of `sup`'s VM into `store`."""
+    await wait_until(lambda: sup.qmp, 30, "QMP running")
+    rep = Replicator("tiny", INTERVAL, sup.paths.dir, lambda: sup.qmp, lambda: ["b"],
+                     to_store(store))
+    assert await rep.once()
+    await wait_until(lambda: rep.acked.get("b") == rep.seq, 30, "the new backup")
+    rep.stop()
 
 
 def test_memory_and_disk_resume_at_the_same_instant(tmp_path, capsys):
@@ -78,7 +92,13 @@ def test_memory_and_disk_resume_at_the_same_instant(tmp_path, capsys):
         os.kill(primary.pid, 9)
         await primary.stop()
         held = store.held.seq
-        boot, ticks = await resumed_ticks(s, tmp_path / "b", tmp_path / "cache", store.resume)
+        # the resumed VM is a primary like any other: its disk (resume.qcow2 under new
+        # layers) seeds a new backup
+        again = ReplicaStore(tmp_path / "replicas2", "tiny")
+        boot, ticks = await resumed_ticks(s, tmp_path / "b", tmp_path / "cache", store.resume,
+                                          lambda sup: replicate_once(sup, again))
+        seeded = int(again.disk._read(0).rstrip(b"\0").strip() or 0)
+        assert seeded >= ticks[0][0], (seeded, ticks)  # the counter it wrote after resuming
         assert boot == f"resumed from checkpoint {held}"
         first = counters(tmp_path / "b" / "serial.log")
 
