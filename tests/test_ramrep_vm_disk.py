@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from agent.node.vm import diskckpt
 from agent.node.vm.checkpoint import CLUSTER
@@ -22,8 +25,8 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import counters, disk_ticks, to_store
-from support.tinyvm import disk_image, tiny_vm
+from support.checkpoints import counters, disk_ticks, fs_ticks, to_store
+from support.tinyvm import disk_image, fs_image, tiny_vm
 from test_ramrep_vm import FAST, INTERVAL, wait_until
 
 
@@ -127,3 +130,77 @@ def test_memory_and_disk_resume_at_the_same_instant(tmp_path, capsys):
                   f"{x['disk_bytes'] >> 10} KiB, on the wire {x['wire_bytes'] >> 10} KiB, "
                   f"cycle {x['cycle_s']} s")
         print(f"  resumed: first disk ticks {ticks}; control over an older disk {control}")
+
+
+def fs_check(disk: Path, out: Path) -> tuple[int, str, list[int]]:
+    """e2fsck -fn of the file system on `disk` (a qcow2 chain), its output, and the
+    numbers the guest appended to /log."""
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(out)], check=True)
+    fsck = subprocess.run(["e2fsck", "-fn", str(out)], capture_output=True, text=True)
+    log = subprocess.run(["debugfs", "-R", "cat /log", str(out)], capture_output=True,
+                         text=True).stdout
+    return fsck.returncode, fsck.stdout + fsck.stderr, [int(x) for x in log.split()
+                                                        if x.isdigit()]
+
+
+def test_a_file_system_on_the_disk_survives_the_move(tmp_path, capsys):
+    """ext2 on the disk, the guest appending to a log and rewriting files with `sync` each
+    second: resumed on a second QEMU and shut down cleanly there, the file system checks
+    clean and the log counts on without a gap. The control (the same memory over the
+    disk of an earlier checkpoint) leaves it damaged."""
+    if not shutil.which("e2fsck") or not shutil.which("debugfs"):
+        pytest.skip("needs e2fsprogs")
+    vm = tiny_vm(fs=True)
+    s = VmSpec("tiny", 1, 128, image=str(fs_image(tmp_path / "base.raw")),
+               kernel=str(vm.kernel), initrd=str(vm.initrd), cmdline=f"{vm.cmdline} tiny.fs=1")
+    store = ReplicaStore(tmp_path / "replicas", "tiny")
+    primary = VmSupervisor(s, VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
+    rep = Replicator("tiny", INTERVAL, primary.paths.dir, lambda: primary.qmp,
+                     lambda: ["backup"], to_store(store))
+    stale = tmp_path / "stale"
+
+    async def run(d: Path, resume_disk) -> list[int]:
+        sup = VmSupervisor(s, VmPaths(d), tmp_path / "cache", policy=FAST,
+                           resume=lambda _: None, resume_disk=resume_disk)
+        sup.start()
+        try:
+            return await wait_until(lambda: len(fs_ticks(sup.paths.serial_log)) >= 3 and
+                                    fs_ticks(sup.paths.serial_log), 90, "fs ticks")
+        finally:
+            await sup.stop()  # ACPI powerdown: the guest unmounts, then powers off
+
+    async def go() -> tuple[list[int], list[int]]:
+        primary.start()
+        await wait_until(lambda: len(fs_ticks(primary.paths.serial_log)) >= 3, 240,
+                         "fs ticks on serial")
+        for i in range(4):
+            t0 = time.monotonic()
+            assert await rep.once()
+            await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
+            if i == 0:
+                stale.mkdir()
+                for f in ("disk.data", "disk.map", "disk.json"):
+                    shutil.copy(store.dir / f, stale / f)
+            await asyncio.sleep(max(0.0, INTERVAL + 0.5 - (time.monotonic() - t0)))
+        rep.stop()
+        os.kill(primary.pid, 9)
+        await primary.stop()
+        ticks = await run(tmp_path / "b", store.resume)
+
+        def stale_resume(stream: Path, out: Path, b: Path, fmt: str) -> int | None:
+            seq = store.resume(stream, out, b, fmt)
+            DiskStore(stale).write_overlay(out, b, fmt)
+            return seq
+
+        return ticks, await run(tmp_path / "c", stale_resume)
+
+    ticks, control = asyncio.run(go())
+    rc, out, log = fs_check(tmp_path / "b" / "resume.qcow2", tmp_path / "b.raw")
+    assert ticks[0] > 2, ticks  # resumed, not booted again
+    assert rc == 0, out
+    assert log == list(range(1, len(log) + 1)) and len(log) >= ticks[-1], (log, ticks)
+    crc, cout, clog = fs_check(tmp_path / "c" / "resume.qcow2", tmp_path / "c.raw")
+    with capsys.disabled():
+        print(f"\n  resumed at tiny-fs {ticks[0]}: e2fsck clean, /log 1..{len(log)}; control "
+              f"over an older disk: e2fsck exit {crc}, /log {clog[:3]}...{clog[-3:]}")
+    assert crc != 0 or clog != list(range(1, len(clog) + 1)), (cout, clog)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.node.vm.checkpoint import encode
 from agent.node.vm.stream import BE32, BE64, F_EOS, F_MEM_SIZE, FOOTER, MAGIC, PAGE, Block, Snapshot
-from support.tinyvm import COUNTER, DISK
+from support.tinyvm import COUNTER, DISK, FS
 
 P = PAGE
 
@@ -42,6 +42,13 @@ def counters(log: Path) -> list[int]:
     """The counter values the tiny VM printed into serial log `log`, in order."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]
+
+
+def fs_ticks(log: Path) -> list[int]:
+    """N of each `tiny-fs N` line (the guest appended N to /mnt/log and synced)."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [int(x.split()[1]) for x in text.splitlines()
+            if x.startswith(FS + " ") and len(x.split()) == 2 and x.split()[1].isdigit()]
 
 
 def disk_ticks(log: Path) -> list[tuple[int, int]]:

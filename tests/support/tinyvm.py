@@ -5,7 +5,11 @@ drivers from the host's modules, configures QEMU's user network (10.0.2.15), ser
 HTTP on port 80 (the page says `tiny-vm`), powers off on ACPI powerdown (busybox acpid),
 and prints `tiny-counter N` once a second on the serial port (ttyS0), N increasing.
 
-With a disk (virtio, /dev/vda: `disk_image` makes one), each tick first reads block 0
+With `tiny.fs=1` (and `tiny_vm(fs=True)`) /dev/vda is an ext2 file system (`fs_image`)
+mounted on /mnt instead: each tick appends N to /mnt/log, rewrites one of 20 small files,
+`sync`s and prints `tiny-fs N`; a powerdown unmounts it at the next tick.
+
+With a raw disk (virtio, /dev/vda: `disk_image` makes one), each tick first reads block 0
 with O_DIRECT (what the virtual disk holds, not the guest's page cache), writes N there
 (O_DIRECT), and prints `tiny-disk N D`, D the number it read: D = N - 1 while the disk
 and the guest's memory belong to the same instant, so a VM resumed over a disk of another
@@ -40,6 +44,9 @@ DISK_MODULES = ("kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/v
                 "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko")
 COUNTER = "tiny-counter"
 DISK = "tiny-disk"
+FS = "tiny-fs"
+FS_MODULES = ("kernel/crypto/crc32c_generic.ko", "kernel/lib/crc16.ko", "kernel/fs/mbcache.ko",
+              "kernel/fs/jbd2/jbd2.ko", "kernel/fs/ext4/ext4.ko")
 PAGE = "tiny-vm\n"
 GUEST_PORT = 80
 CMDLINE = "console=ttyS0 quiet panic=-1"
@@ -58,16 +65,32 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "{PAGE.strip()}" > /www/index.html
 httpd -p {GUEST_PORT} -h /www
-printf '#!/bin/sh\\npoweroff -f\\n' > /etc/acpi/PWRF/00000080
+rate=0
+fs=0
+for a in $(cat /proc/cmdline); do
+  case "$a" in tiny.rate=*) rate=${{a#tiny.rate=}};; tiny.fs=1) fs=1;; esac
+done
+if [ "$fs" = 1 ]; then
+  mkdir -p /mnt
+  mount -t ext2 /dev/vda /mnt || fs=2  # 2: no file system, and the disk is left alone
+  # powerdown: the loop unmounts at its next tick, so the file system is left clean
+  printf '#!/bin/sh\\ntouch /tmp/stop\\nsleep 5\\npoweroff -f\\n' > /etc/acpi/PWRF/00000080
+else
+  printf '#!/bin/sh\\npoweroff -f\\n' > /etc/acpi/PWRF/00000080
+fi
 chmod +x /etc/acpi/PWRF/00000080
 sleep 1  # evdev creates /dev/input/event* for the power button
 acpid -c /etc/acpi -l /tmp/acpid.log
-rate=0
-for a in $(cat /proc/cmdline); do case "$a" in tiny.rate=*) rate=${{a#tiny.rate=}};; esac; done
 n=0
 while true; do
   n=$((n+1))
-  if [ -b /dev/vda ]; then
+  if [ "$fs" = 1 ]; then
+    [ -e /tmp/stop ] && umount /mnt && poweroff -f
+    echo $n >> /mnt/log
+    dd if=/dev/urandom of=/mnt/f$((n % 20)) bs=4k count=$((1 + n % 8)) 2>/dev/null
+    sync
+    echo "{FS} $n"
+  elif [ "$fs" = 0 ] && [ -b /dev/vda ]; then
     d=$(dd if=/dev/vda bs=4096 count=1 iflag=direct 2>/dev/null | tr -dc 0-9)
     echo $n | dd of=/dev/vda bs=4096 conv=sync,notrunc oflag=direct 2>/dev/null
     echo "{DISK} $n ${{d:-0}}"
@@ -103,9 +126,10 @@ def cache_root() -> Path:
     return Path(base) / "tinyvm"
 
 
-def tiny_vm(cache: Path | None = None) -> TinyVM:
+def tiny_vm(cache: Path | None = None, fs: bool = False) -> TinyVM:
     """The tiny VM's kernel and initramfs (built on first use); skips the test when the
-    host lacks the kernel, busybox-static or QEMU."""
+    host lacks the kernel, busybox-static or QEMU. `fs`: with the ext2 driver (ext4.ko
+    and what it needs, 2.5 MB), for `tiny.fs=1`."""
     found = host_kernel()
     if found is None or not BUSYBOX.is_file() or not shutil.which("qemu-system-x86_64"):
         pytest.skip("needs linux-image-amd64, busybox-static, qemu-system-x86: "
@@ -114,9 +138,10 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
     files = {"init": (INIT.encode(), 0o755), "bin/busybox": (BUSYBOX.read_bytes(), 0o755)}
     for m in MODULES:
         files[f"lib/modules/{Path(m).name}"] = ((mods / m).read_bytes(), 0o644)
-    for i, m in enumerate(DISK_MODULES):  # numbered: insmod in dependency order
+    for i, m in enumerate(DISK_MODULES + (FS_MODULES if fs else ())):  # numbered: in
         if (mods / m).is_file():
-            files[f"lib/modules/disk/{i}-{Path(m).name}"] = ((mods / m).read_bytes(), 0o644)
+            files[f"lib/modules/disk/{i:02}-{Path(m).name}"] = (  # dependency order
+                (mods / m).read_bytes(), 0o644)
     key = hashlib.sha256(b"".join(n.encode() + hashlib.sha256(d).digest()
                                   for n, (d, _) in sorted(files.items()))).hexdigest()[:16]
     out = (cache or cache_root()) / key
@@ -127,6 +152,13 @@ def tiny_vm(cache: Path | None = None) -> TinyVM:
         part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
         part.rename(initrd)
     return TinyVM(kernel, initrd)
+
+
+def fs_image(path: Path, size_mb: int = 32) -> Path:
+    """A raw base image holding an empty ext2 file system, for `tiny.fs=1`."""
+    subprocess.run(["mke2fs", "-q", "-t", "ext2", "-F", str(path), f"{size_mb}M"],
+                   check=True, capture_output=True)
+    return path
 
 
 def disk_image(path: Path, size_mb: int = 64) -> Path:
