@@ -25,9 +25,16 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import counters, disk_ticks, fs_ticks, to_store
+from support.checkpoints import (
+    FAST,
+    INTERVAL,
+    counters,
+    disk_ticks,
+    fs_ticks,
+    to_store,
+    wait_until,
+)
 from support.tinyvm import disk_image, fs_image, tiny_vm
-from test_ramrep_vm import FAST, INTERVAL, wait_until
 
 
 def spec(base: Path) -> VmSpec:

@@ -18,9 +18,8 @@ from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import disk_ticks, to_store
+from support.checkpoints import FAST, disk_ticks, to_store
 from support.tinyvm import disk_image, tiny_vm
-from test_ramrep_vm import FAST
 
 pytestmark = pytest.mark.bench
 
