@@ -60,6 +60,29 @@ async def resumed_ticks(s: VmSpec, d: Path, cache: Path, resume_disk,
         await sup.stop()
 
 
+async def checkpoints(rep: Replicator, store: ReplicaStore, n: int, stale: Path, at: int,
+                      ticks, sent: list[dict] | None = None) -> None:
+    """`n` checkpoints shipped into `store` (one full, then incremental ones), each taken
+    by the backup; the disk it holds after checkpoint `at` copied to `stale` for a
+    control. Before the last, the guest has ticked twice since that copy: the control's
+    disk is surely of another instant than the last checkpoint's."""
+    mark = 0
+    for i in range(n):
+        if i == n - 1:
+            await wait_until(lambda m=mark: ticks()[-1] >= m + 2, 60, "the guest ticking on")
+        t0 = time.monotonic()
+        assert await rep.once()
+        await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
+        if sent is not None:
+            sent.append(dict(rep.last))
+        if i == at:
+            mark = ticks()[-1]
+            stale.mkdir()
+            for f in ("disk.data", "disk.map", "disk.json"):
+                shutil.copy(store.dir / f, stale / f)
+        await asyncio.sleep(max(0.0, INTERVAL + 0.5 - (time.monotonic() - t0)))
+
+
 async def replicate_once(sup: VmSupervisor, store: ReplicaStore) -> None:
     """One full checkpoint of `sup`'s VM into `store`."""
     await wait_until(lambda: sup.qmp, 30, "QMP running")
@@ -86,16 +109,8 @@ def test_memory_and_disk_resume_at_the_same_instant(tmp_path, capsys):
         log = primary.paths.serial_log
         await wait_until(lambda: len(disk_ticks(log)) >= 3, 240, "disk ticks on serial")
         assert all(dd == n - 1 for n, dd in disk_ticks(log)), disk_ticks(log)
-        for i in range(5):  # one full, then incremental ones
-            t0 = time.monotonic()
-            assert await rep.once()
-            await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
-            sent.append(dict(rep.last))
-            if i == 1:  # the control's disk: an earlier instant than the last checkpoint
-                stale.mkdir()
-                for f in ("disk.data", "disk.map", "disk.json"):
-                    shutil.copy(store.dir / f, stale / f)
-            await asyncio.sleep(max(0.0, INTERVAL + 0.5 - (time.monotonic() - t0)))
+        await checkpoints(rep, store, 5, stale, 1, lambda: [n for n, _ in disk_ticks(log)],
+                          sent)
         disk = await diskckpt.disk_of(primary.qmp)
         layers = sorted(primary.paths.dir.glob("layer-*.qcow2"))
         rep.stop()
@@ -180,15 +195,7 @@ def test_a_file_system_on_the_disk_survives_the_move(tmp_path, capsys):
         primary.start()
         await wait_until(lambda: len(fs_ticks(primary.paths.serial_log)) >= 3, 240,
                          "fs ticks on serial")
-        for i in range(4):
-            t0 = time.monotonic()
-            assert await rep.once()
-            await wait_until(lambda: rep.acked.get("backup") == rep.seq, 30, "the backup")
-            if i == 0:
-                stale.mkdir()
-                for f in ("disk.data", "disk.map", "disk.json"):
-                    shutil.copy(store.dir / f, stale / f)
-            await asyncio.sleep(max(0.0, INTERVAL + 0.5 - (time.monotonic() - t0)))
+        await checkpoints(rep, store, 4, stale, 0, lambda: fs_ticks(primary.paths.serial_log))
         rep.stop()
         os.kill(primary.pid, 9)
         await primary.stop()
