@@ -258,7 +258,7 @@ def vm_status_lines(rows: Sequence[VmRow], name: str,
                          "checkpoint")
         elif v.boot == "cold":
             lines.append("  boot: cold - on a move its memory and disk stay behind unless "
-                         "it is replicated (diskless, with backups)")
+                         "it is replicated (with backups)")
         elif v.boot:
             lines.append(f"  boot: {v.boot} (its memory kept)")
         if v.replication:
