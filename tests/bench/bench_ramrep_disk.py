@@ -64,7 +64,8 @@ def test_pause_and_disk_bytes_per_checkpoint(tmp_path, rate_kib, capsys):
         for x in got:
             print(f"  checkpoint {x['seq']}: paused {x['pause_s'] * 1000:.0f} ms, disk "
                   f"{x['disk_bytes'] >> 10} KiB, frame {x['wire_bytes'] >> 10} KiB"
-                  f"{' (full)' if x['full'] else ''}, cycle {x['cycle_s']:.2f} s")
+                  f"{' (full)' if x['full'] else ''}, cycle {x['cycle_s']:.2f} s, then "
+                  f"block-commit {x.get('fold_s', 0) * 1000:.0f} ms")
         pauses = sorted(x["pause_s"] * 1000 for x in got)
         print(f"  pause ms: median {statistics.median(pauses):.0f}, range "
               f"{pauses[0]:.0f}-{pauses[-1]:.0f}; incremental disk KiB: "
