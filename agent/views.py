@@ -189,9 +189,13 @@ def replication_cell(r: Mapping[str, Any]) -> str:
         return f"no checkpoint yet ({r['error']})" if r.get("error") else \
             ("no checkpoint yet" if r else "")
     acked = ", ".join(f"{a}={s}" for a, s in sorted(_dict(r.get("acked")).items())) or "none"
+    pause = last.get("pause_s")
+    disk = f"disk {_kib(last['disk_bytes'])}, paused " + (
+        f"{pause * 1000:.0f} ms, " if isinstance(pause, int | float) else "? ms, ") \
+        if "disk_bytes" in last else ""  # a VM with a disk (diskckpt.py)
     return (f"checkpoint {_int(last.get('seq'))}{' (full)' if last.get('full') else ''}: "
             f"dirtied {_kib(last.get('dirtied_bytes'))}, sent {_kib(last.get('wire_bytes'))}, "
-            f"cycle {last.get('cycle_s', '?')} s; backups took {acked}")
+            f"{disk}cycle {last.get('cycle_s', '?')} s; backups took {acked}")
 
 
 def health_cell(r: Mapping[str, Any]) -> str:
@@ -278,7 +282,7 @@ def vm_status_lines(rows: Sequence[VmRow], name: str,
                          "checkpoint")
         elif v.boot == "cold":
             lines.append("  boot: cold - on a move its memory and disk stay behind unless "
-                         "it is replicated (diskless, with backups)")
+                         "it is replicated (with backups)")
         elif v.boot:
             lines.append(f"  boot: {v.boot} (its memory kept)")
         if v.replication:

@@ -224,7 +224,8 @@ def test_buffer_policy(t, buffered, incoming, action, full, throttle):
     (Endophyte("v", kernel="/k", backups=1, replication_interval_ms=500), Components(),
      {"v"}, {"v": Replication(0.5, Throttle())}),
     (Endophyte("v", kernel="/k", backups=0), Components(), set(), {}),  # no backups
-    (Endophyte("v", image="/d.qcow2", backups=1), Components(), set(), {}),  # a disk
+    (Endophyte("v", image="/d.qcow2", backups=1), Components(),  # a disk: replicated too
+     {"v"}, {"v": Replication(1.0, Throttle())}),
     (Endophyte("v", kernel="/k", backups=1), Components(ram_replication=False), set(), {}),
 ])
 def test_replicated_vms(endophyte, components, backed, replicated):

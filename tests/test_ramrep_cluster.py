@@ -3,7 +3,10 @@ TCG) replicated from its primary n2 to its backup n1 once a second over the node
 mutual TLS. n2's agent is SIGKILLed (its QEMU dies with it); n1 resumes the VM from its
 last good checkpoint, and the counter goes on from no older than one interval plus the
 transfer before the kill, never from 1. In the default run (31-55 s: a TCG boot and a
-failover); `-s` prints the figures."""
+failover); `-s` prints the figures.
+
+The same with a disk (a qcow2 base image the guest writes its counter to): the backup
+resumes memory and disk of the same checkpoint (tiny-disk N D with D = N - 1)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from agent.cli import main
 from agent.lab.cluster import Cluster, free_port_pair, kill_node
 from support.agents import GOSSIP, api, post_envelope, wait_for
 from support.agents import node_vms as vms
-from support.checkpoints import counters
-from support.tinyvm import replicated_state
+from support.checkpoints import counters, disk_ticks
+from support.tinyvm import disk_image, replicated_state
 
 INTERVAL_MS = 1000
 # n1 (the sclerotium) takes the endomycete, so the VM's primary is n2 and its backup n1,
@@ -98,3 +101,32 @@ def test_backup_resumes_the_vm_with_its_memory(cluster: Cluster, capsys):
     # as the machine's load stretches it), in 1-s counter ticks, plus one tick of rounding
     allowed = INTERVAL_MS / 1000 + before["cycle_s"] + 1
     assert at_kill - (first - 1) <= allowed + 1, (first, at_kill, allowed)
+
+
+def test_backup_resumes_the_vm_with_its_memory_and_disk(start_cluster, tmp_path, capsys):
+    c = start_cluster(2, sclerotia=1, extra_args=GOSSIP)
+    base = disk_image(tmp_path / "base.qcow2")
+    yaml = replicated_state(free_port_pair(), interval_ms=INTERVAL_MS, image=base)
+    env = sign_state(NetworkDir(c.network), yaml)[1]
+    assert post_envelope(c, env, c.nodes[0].addr)[1] == 200
+    n1, n2 = c.nodes[0], c.nodes[1]
+    serial2 = Path(n2.data_dir) / "vms" / "tiny" / "serial.log"
+    wait_for(lambda: len(disk_ticks(serial2)) >= 5, 120, "disk ticks on n2")
+    wait_for(lambda: [b for b in vms(c, "n1")["backups"] if (b["seq"] or 0) >= 4], 120,
+             "four checkpoints on n1")
+    last = vms(c, "n2")["vms"][0]["replication"]["last"]
+    assert "pause_s" in last and last["disk_bytes"] is not None, last
+    kill_node(n2)
+    t_kill = time.monotonic()
+    at_kill = disk_ticks(serial2)[-1]
+    moved = wait_for(lambda: next((v for v in vms(c, "n1")["vms"]
+                                   if v["state"] == "running"), None), 120, "tiny on n1")
+    assert moved["boot"].startswith("resumed from checkpoint"), moved
+    serial1 = Path(n1.data_dir) / "vms" / "tiny" / "serial.log"
+    ticks = wait_for(lambda: len(disk_ticks(serial1)) >= 2 and disk_ticks(serial1), 60,
+                     "disk ticks on n1")
+    print(f"\n  disk failover: {moved['boot']}, disk ticks on n1 {ticks[:3]} "
+          f"({time.monotonic() - t_kill:.1f} s after the kill); last on n2 {at_kill}; "
+          f"last checkpoint on n2: paused {last['pause_s']} s, disk {last['disk_bytes']} B")
+    assert ticks[0][0] > 1, "the VM booted cold"
+    assert all(d == n - 1 for n, d in ticks), ticks  # memory and disk of one instant

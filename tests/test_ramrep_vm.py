@@ -15,26 +15,12 @@ import pytest
 
 from agent.node.vm.checkpoint import FrameError, split
 from agent.node.vm.cpulimit import CpuLimit, quota_us
-from agent.node.vm.policy import Policy
 from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replicator
 from agent.node.vm.spec import VmPaths, VmSpec
 from agent.node.vm.supervisor import VmSupervisor
-from support.checkpoints import counters
+from support.checkpoints import FAST, INTERVAL, counters, to_store, wait_until
 from support.tinyvm import COUNTER, tiny_vm
-
-INTERVAL = 1.0
-FAST = Policy(quick_s=10.0, quick_exits=3, stable_s=60.0, backoff_min_s=0.3,
-              backoff_max_s=1.0)
-
-
-async def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (v := pred()):
-            return v
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def spec() -> VmSpec:
@@ -47,15 +33,8 @@ def test_checkpoints_ship_diffs_and_a_backup_resumes_the_counter(tmp_path, capsy
     store = ReplicaStore(tmp_path / "replicas", "tiny")
     primary = VmSupervisor(spec(), VmPaths(tmp_path / "a"), tmp_path / "cache", policy=FAST)
 
-    async def send(addr: str, name: str, frame: bytes) -> int:
-        try:
-            await asyncio.to_thread(store.offer, frame)
-        except FrameError:
-            return 409
-        return 200
-
     rep = Replicator("tiny", INTERVAL, primary.paths.dir, lambda: primary.qmp,
-                     lambda: ["backup"], send)
+                     lambda: ["backup"], to_store(store))
     sent: list[dict] = []
 
     async def go() -> tuple[int, float, int]:

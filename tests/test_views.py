@@ -231,6 +231,10 @@ def test_vm_views_from_node_replies():
     lines = vm_status_lines(vm_rows(replicated), "db", backup_rows(replicated))
     assert ("  replication: buffer 25 % full, throttle 10 %, lag 2 s, paused by a full "
             "buffer") in lines
+    replicated[0]["vms"][0]["replication"]["last"].update(disk_bytes=64 << 10, pause_s=0.024)
+    assert ("  replication: checkpoint 9: dirtied 600 KiB, sent 90 KiB, disk 64 KiB, paused "
+            "24 ms, cycle 0.8 s; backups took 127.0.0.1:7=9") in vm_status_lines(
+        vm_rows(replicated), "db", backup_rows(replicated))
     share = ShareRow.from_api({"node": "n2", "share": {"endophytes_primary": ["db", "new"]},
                                "vms": [{"name": "db", "state": "running"},
                                        {"name": "old", "state": "stopping"}]})

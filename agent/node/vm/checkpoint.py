@@ -5,10 +5,16 @@ A frame is `MAGIC`, a 4-byte header length, a JSON header, then the body:
   header  vm, chain (random per primary run), seq, base (0 = full), size (image bytes),
           prefix/tail lengths, runs, sha256
   body    the stream prefix, zlib(stream tail: device state), then runs of changed pages:
-          8-byte offset, 4-byte length of the zlib data, zlib(pages)
+          8-byte offset, 4-byte length of the zlib data, zlib(pages); then, for a VM with
+          a disk, its clusters (`disk_size` virtual bytes, `disk_runs` records in the last
+          `disk_len` bytes): 8-byte offset, 8-byte length, 4-byte length of the zlib data
+          (0: the range reads as zeros), zlib(data)
 `sha256` covers the header without it and the whole body, so one flipped bit anywhere is
 caught. A full checkpoint (base 0) carries every non-zero page (its diff against an empty
-image); an incremental one only the pages that differ from checkpoint `base`.
+image); an incremental one only the pages that differ from checkpoint `base`. The disk part
+is cut in the same pause as the memory (diskckpt.py): a full checkpoint carries every
+cluster the VM wrote above its base image, an incremental one the clusters written since
+checkpoint `base` (the qcow2 layer closed at this checkpoint).
 
 A backup takes a frame only when (`accept`):
 - it decodes completely (nothing missing, nothing extra) and its hash verifies;
@@ -50,14 +56,41 @@ class Header:
     tail: int
     runs: int
     sha256: str = ""
+    disk_size: int = 0  # the VM's virtual disk in bytes; 0: no disk part
+    disk_runs: int = 0
+    disk_len: int = 0  # bytes of the disk part at the end of the body
 
     @property
     def full(self) -> bool:
         return self.base == 0
 
+    def fields(self) -> dict[str, object]:
+        """The header as written: without the disk fields when there is no disk, so
+        frames of diskless VMs are byte for byte what they were before disks."""
+        return {k: v for k, v in self.__dict__.items()
+                if self.disk_size or k not in DISK_FIELDS}
+
     def canonical(self) -> bytes:
-        d = {k: v for k, v in self.__dict__.items() if k != "sha256"}
+        d = {k: v for k, v in self.fields().items() if k != "sha256"}
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+
+DISK_FIELDS = ("disk_size", "disk_runs", "disk_len")
+CLUSTER = 64 << 10  # disk runs are whole qcow2 clusters (the last may end at the disk's end)
+DREC = struct.Struct(">QQI")
+
+
+@dataclass(frozen=True)
+class DiskPart:
+    """A VM's disk in a checkpoint: `size` virtual bytes; `runs` of (offset, length,
+    data), data None for a range that reads as zeros."""
+
+    size: int
+    runs: tuple[tuple[int, int, bytes | None], ...] = ()
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for _, n, _ in self.runs)
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,12 @@ class Checkpoint:
     prefix: bytes
     tail: bytes
     runs: tuple[tuple[int, bytes], ...]  # (offset, zlib data)
+    disk: tuple[tuple[int, int, bytes | None], ...] = ()  # (offset, length, zlib data)
+
+    def disk_data(self) -> Iterator[tuple[int, int, bytes | None]]:
+        """The disk runs with their data decompressed (None: zeros)."""
+        for off, n, z in self.disk:
+            yield off, n, None if z is None else zlib.decompress(z)
 
     def apply(self, image: bytearray) -> None:
         """Write the changed pages into `image` (the base checkpoint's, or zeros)."""
@@ -111,12 +150,24 @@ def page_runs(pages: list[int], run_pages: int = RUN_PAGES) -> list[tuple[int, i
     return runs
 
 
+def _disk_body(disk: DiskPart) -> list[bytes]:
+    out: list[bytes] = []
+    for off, n, data in disk.runs:
+        if off % CLUSTER or off + n > disk.size or (n % CLUSTER and off + n != disk.size) \
+                or (data is not None and len(data) != n):
+            raise ValueError(f"disk run at {off} of {n} bytes is not whole clusters")
+        z = b"" if data is None else zlib.compress(data, LEVEL)
+        out += [DREC.pack(off, n, len(z)), z]
+    return out
+
+
 def encode(vm: str, chain: str, seq: int, base: int, snap: Snapshot,
            previous: bytes | bytearray | None,
-           runs: list[tuple[int, int]] | None = None) -> bytes:
+           runs: list[tuple[int, int]] | None = None, disk: DiskPart | None = None) -> bytes:
     """The frame for `snap`: against `previous` (the image of checkpoint `base`), or
     full when `previous` is None (then base must be 0). `runs`: changed_runs(previous,
-    snap.image) when the caller has it already."""
+    snap.image) when the caller has it already. `disk`: the VM's disk clusters cut at the
+    same instant (all of them above the base image for a full frame)."""
     if (previous is None) != (base == 0):
         raise ValueError("a full checkpoint has base 0, an incremental one a previous image")
     img = memoryview(snap.image)
@@ -126,12 +177,16 @@ def encode(vm: str, chain: str, seq: int, base: int, snap: Snapshot,
     for off, length in runs:
         z = zlib.compress(img[off:off + length], LEVEL)
         body += [REC.pack(off, len(z)), z]
-    h = Header(vm, chain, seq, base, snap.size, len(body[0]), len(body[1]), len(runs))
+    dbody = _disk_body(disk) if disk is not None else []
+    h = Header(vm, chain, seq, base, snap.size, len(body[0]), len(body[1]), len(runs),
+               disk_size=disk.size if disk else 0, disk_runs=len(dbody) // 2,
+               disk_len=sum(map(len, dbody)))
+    body += dbody
     digest = hashlib.sha256(h.canonical())
     for part in body:
         digest.update(part)
     h = Header(**{**h.__dict__, "sha256": digest.hexdigest()})
-    head = json.dumps(h.__dict__, sort_keys=True).encode()
+    head = json.dumps(h.fields(), sort_keys=True).encode()
     return b"".join([MAGIC, LEN.pack(len(head)), head, *body])
 
 
@@ -141,12 +196,15 @@ def _header(raw: bytes) -> Header:
         h = Header(**d)
     except (ValueError, TypeError) as e:
         raise FrameError(f"garbled header: {e}") from e
-    ints = (h.seq, h.base, h.size, h.prefix, h.tail, h.runs)
+    ints = (h.seq, h.base, h.size, h.prefix, h.tail, h.runs, h.disk_size, h.disk_runs,
+            h.disk_len)
     if not all(type(v) is int and v >= 0 for v in ints) or not isinstance(h.vm, str) \
             or not isinstance(h.chain, str) or not isinstance(h.sha256, str):
         raise FrameError("garbled header: bad field types")
     if h.size % PAGE:
         raise FrameError(f"image size {h.size} is not whole pages")
+    if not h.disk_size and (h.disk_runs or h.disk_len):
+        raise FrameError("garbled header: disk runs without a disk")
     return h
 
 
@@ -166,6 +224,31 @@ def _records(body: memoryview, at: int, count: int, size: int) -> Iterator[tuple
         raise FrameError(f"{len(body) - at} bytes after the last page run")
 
 
+def _disk_records(body: memoryview, count: int, size: int
+                  ) -> Iterator[tuple[int, int, bytes | None]]:
+    at = 0
+    for _ in range(count):
+        if at + DREC.size > len(body):
+            raise FrameError("truncated: a disk run is missing")
+        off, n, zlen = DREC.unpack(body[at:at + DREC.size])
+        at += DREC.size
+        if at + zlen > len(body):
+            raise FrameError("truncated: a disk run is cut short")
+        if off % CLUSTER or not n or off + n > size or (n % CLUSTER and off + n != size):
+            raise FrameError(f"disk run at {off} of {n} bytes outside the disk's clusters")
+        z = body[at:at + zlen].tobytes() if zlen else None
+        at += zlen
+        if z is not None:
+            try:
+                if len(zlib.decompress(z)) != n:
+                    raise FrameError(f"disk run at {off}: data is not {n} bytes")
+            except zlib.error as e:
+                raise FrameError(f"disk run at {off}: {e}") from e
+        yield off, n, z
+    if at != len(body):
+        raise FrameError(f"{len(body) - at} bytes after the last disk run")
+
+
 def decode(frame: bytes) -> Checkpoint:
     """The checkpoint in `frame`, its hash verified; FrameError if anything is off."""
     if not frame.startswith(MAGIC):
@@ -183,8 +266,10 @@ def decode(frame: bytes) -> Checkpoint:
     digest.update(body)
     if digest.hexdigest() != h.sha256:
         raise FrameError("sha256 mismatch: corrupted or truncated in transit")
-    if h.prefix + h.tail > len(body):
-        raise FrameError("truncated: stream prefix or tail missing")
+    if h.prefix + h.tail + h.disk_len > len(body):
+        raise FrameError("truncated: stream prefix, tail or disk part missing")
+    disk = tuple(_disk_records(body[len(body) - h.disk_len:], h.disk_runs, h.disk_size))
+    body = body[:len(body) - h.disk_len]
     prefix = body[:h.prefix].tobytes()
     try:
         tail = zlib.decompress(body[h.prefix:h.prefix + h.tail])
@@ -204,7 +289,7 @@ def decode(frame: bytes) -> Checkpoint:
             raise FrameError(f"page run at {off}: {e}") from e
         if len(data) % PAGE or off + len(data) > h.size:
             raise FrameError(f"page run at {off} of {len(data)} bytes overruns the image")
-    return Checkpoint(h, prefix, tail, runs)
+    return Checkpoint(h, prefix, tail, runs, disk)
 
 
 @dataclass(frozen=True)
@@ -214,6 +299,7 @@ class Held:
     chain: str
     seq: int
     size: int
+    disk_size: int = 0
 
 
 def accept(frame: bytes, vm: str, held: Held | None) -> Checkpoint:
@@ -233,6 +319,8 @@ def accept(frame: bytes, vm: str, held: Held | None) -> Checkpoint:
                          "a full one is needed")
     if h.size != held.size:
         raise FrameError(f"image of {h.size} bytes, {held.size} held")
+    if h.disk_size != held.disk_size:
+        raise FrameError(f"disk of {h.disk_size} bytes, {held.disk_size} held")
     return ck
 
 

@@ -10,6 +10,9 @@
   never written. The overlay records which base it sits on; a new base gets a new overlay
   (the old one is kept beside it as overlay.qcow2.old), and a moved VM keeps its overlay
   until the placement says otherwise (issue 15 ships its state).
+- Disk replication (diskckpt.py) runs the VM on checkpoint layers over its overlay; a
+  QEMU that exits leaves the newest of them holding the last writes. Before the next
+  start they are committed into the overlay (`fold_layers`), so a restart loses nothing.
 Blocking work (hashing, downloads, qemu-img) runs in worker threads.
 """
 
@@ -90,19 +93,50 @@ def _qemu_img(*args: str) -> str:
     return r.stdout
 
 
+def image_format(path: Path) -> str:
+    info = json.loads(_qemu_img("info", "--output=json", str(path)))
+    return str(info.get("format", "raw"))
+
+
+def fold_layers(paths: VmPaths) -> None:
+    """Commit the checkpoint layers a QEMU left over the overlay into it, then delete
+    every layer (those over another disk, resume.qcow2, are rebuilt at a resume)."""
+    layers = list(paths.dir.glob("layer-*.qcow2"))
+    tops = []
+    for layer in layers:
+        try:
+            info = json.loads(_qemu_img("info", "--output=json", "--backing-chain",
+                                        str(layer)))
+        except VmError:  # its backing file went (a fold that completed): a leftover
+            continue
+        chain = [Path(str(i.get("filename", ""))).resolve() for i in info]
+        if paths.overlay.resolve() in chain:  # the top was written last (a layer left
+            tops.append((layer.stat().st_mtime_ns, layer))  # by a fold is older)
+    if tops:
+        _qemu_img("commit", "-q", "-b", str(paths.overlay), str(max(tops)[1]))
+    for layer in layers:
+        layer.unlink(missing_ok=True)
+
+
 def overlay(base: Path, paths: VmPaths) -> Path:
     """This VM's qcow2 overlay over `base`, made when missing or when the base changed."""
     marker = paths.dir / "overlay.base"
     want = str(base.resolve())
     if paths.overlay.is_file() and marker.is_file() and marker.read_text() == want:
+        fold_layers(paths)
         return paths.overlay
     if paths.overlay.is_file():
         paths.overlay.replace(paths.overlay.with_name("overlay.qcow2.old"))
-    info = json.loads(_qemu_img("info", "--output=json", want))
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", str(info.get("format", "raw")), "-b", want,
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", image_format(Path(want)), "-b", want,
               str(paths.overlay))
     marker.write_text(want)
     return paths.overlay
+
+
+def overlay_base(paths: VmPaths) -> Path | None:
+    """The base image the VM's overlay sits on (what a resumed disk goes over)."""
+    marker = paths.dir / "overlay.base"
+    return Path(marker.read_text()) if marker.is_file() else None
 
 
 async def prepare_disk(spec: VmSpec, paths: VmPaths, cache: Path) -> Path | None:

@@ -12,7 +12,9 @@ verifies (a disk that flipped a bit): the backup resumes from the last good one 
 it, and asks the primary for a full one (its held sequence is then behind the chain).
 
 `resume_stream` writes the migration stream a QEMU started with `-incoming` loads: the
-VM resumes at the last good checkpoint instead of booting cold.
+VM resumes at the last good checkpoint instead of booting cold. For a VM with a disk the
+frames carry its clusters too (diskstore.py keeps them applied in disk.data); `resume`
+writes the stream and the disk of the same checkpoint, or nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from agent.node.vm.checkpoint import (
     encode,
     is_part,
 )
+from agent.node.vm.diskstore import DiskStore
 from agent.node.vm.stream import Snapshot, parse_prefix, to_stream
 from agent.statefile import atomic_write
 
@@ -56,7 +59,9 @@ class ReplicaStore:
         self._lock = threading.Lock()  # offer() runs in a worker thread
         self._parts = Reassembler()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.disk = DiskStore(self.dir)
         self._load()
+        self._recover_disk()
 
     # --- taking checkpoints ----------------------------------------------------------
 
@@ -78,6 +83,7 @@ class ReplicaStore:
                 raise
             atomic_write(self.dir / f"{ck.header.seq:012d}.ckpt", frame, 0o600)
             self._apply(ck)
+            self.disk.apply(ck)
             self.received_bytes += len(frame)
             self.taken_at = time.time()
             if ck.header.full:
@@ -98,7 +104,7 @@ class ReplicaStore:
         if not blocks:  # the block layout is in the prefix: read it once per full frame
             blocks, section = parse_prefix(ck.prefix)
         self.snap = Snapshot(ck.prefix, blocks, section, image, ck.tail)
-        self.held = Held(h.chain, h.seq, h.size)
+        self.held = Held(h.chain, h.seq, h.size, h.disk_size)
 
     def _files(self) -> list[Path]:
         return sorted(self.dir.glob("*.ckpt"), key=_seq)
@@ -110,7 +116,8 @@ class ReplicaStore:
 
     def _compact(self) -> None:
         assert self.snap is not None and self.held is not None
-        full = encode(self.vm, self.held.chain, self.held.seq, 0, self.snap, None)
+        full = encode(self.vm, self.held.chain, self.held.seq, 0, self.snap, None,
+                      disk=self.disk.full_part() if self.held.disk_size else None)
         path = self.dir / f"{self.held.seq:012d}.ckpt"
         atomic_write(path, full, 0o600)
         self._drop_before(self.held.seq)
@@ -142,6 +149,23 @@ class ReplicaStore:
                 if _seq(p) > self.held.seq:
                     p.unlink(missing_ok=True)
 
+    def _recover_disk(self) -> None:
+        """After a restart: the disk files must hold the checkpoint the chain ended at;
+        when they do not (a crash while applying, a frame dropped at load), they are
+        rebuilt from the chain's frames, which hold every cluster."""
+        h = self.held
+        if h is None or not h.disk_size or self.disk.holds(h.chain, h.seq, h.disk_size):
+            return
+        log.warning("vm %s: disk files not at checkpoint %d: rebuilding them", self.vm, h.seq)
+        at = None
+        for p in self._files():  # _load left a verified chain from the last full one
+            try:
+                ck = accept(p.read_bytes(), self.vm, at)
+            except (FrameError, OSError):
+                continue  # an incremental before the first full one
+            self.disk.apply(ck)
+            at = Held(ck.header.chain, ck.header.seq, ck.header.size, ck.header.disk_size)
+
     # --- resuming -----------------------------------------------------------------------
 
     def resume_stream(self, path: Path) -> int | None:
@@ -154,6 +178,20 @@ class ReplicaStore:
             data = to_stream(self.snap)
         path.write_bytes(data)  # read once by QEMU, rewritten on every start: no fsync
         return seq
+
+    def resume(self, stream: Path, disk: Path, base: Path, base_fmt: str) -> int | None:
+        """`resume_stream` for a VM with a disk: the stream, and at `disk` a qcow2 over
+        `base` holding the disk of the same checkpoint. None (nothing written) when no
+        good checkpoint with a disk is held."""
+        with self._lock:
+            h = self.held
+            if self.snap is None or h is None or not h.disk_size \
+                    or not self.disk.holds(h.chain, h.seq, h.disk_size):
+                return None
+            self.disk.write_overlay(disk, base, base_fmt)
+            data = to_stream(self.snap)
+        stream.write_bytes(data)
+        return h.seq
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now

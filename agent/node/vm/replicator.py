@@ -15,6 +15,10 @@ slow backup never delays the checkpoints. The fullest buffer drives the guest's 
 (cpulimit.py); a checkpoint that does not fit pauses the VM (`emergency_pause`, resumed
 when the buffer is back under the threshold) or empties that backup's buffer and goes
 full (a dropped frame breaks the chain). Measured figures: README "VM memory replication".
+
+A VM with a disk is paused for the instant of each checkpoint instead, and its disk is
+cut in the same pause (diskckpt.py): the frame carries the clusters written since the
+last checkpoint beside the pages.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from agent.desired.model import DesiredState, Endophyte, NodeShare, Throttle
 from agent.desired.throttle import level, next_step
 from agent.errors import MyceliumError
+from agent.node.vm import diskckpt
 from agent.node.vm.checkpoint import changed_runs, encode, page_runs, split
 from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.stream import Snapshot, StreamError, parse
@@ -58,13 +63,12 @@ Limit = Callable[[float], Awaitable[None]]
 
 
 def _replicable(state: DesiredState | None) -> dict[str, Endophyte]:
-    """Endophytes whose memory is replicated: with components.ram_replication on, backups,
-    and no disk image (the disk is not replicated yet: memory resumed over a disk of
-    another instant would corrupt the guest's file systems, so those VMs boot cold)."""
+    """Endophytes whose memory (and disk) is replicated: with components.ram_replication
+    on, and backups."""
     if state is None or not state.components.vm_runtime \
             or not state.components.ram_replication:
         return {}
-    return {e.name: e for e in state.endophytes if e.backups > 0 and not e.image}
+    return {e.name: e for e in state.endophytes if e.backups > 0}
 
 
 def replicable_vms(state: DesiredState | None) -> frozenset[str]:
@@ -94,10 +98,18 @@ def replicated_vms(state: DesiredState | None,
 
 async def background_snapshot(qmp: Qmp, path: Path, armed: bool) -> None:
     """A consistent checkpoint of the running VM into `path` (QMP `migrate`)."""
+    await start_snapshot(qmp, path, armed)
+    await snapshot_done(qmp)
+
+
+async def start_snapshot(qmp: Qmp, path: Path, armed: bool) -> None:
     if not armed:
         await qmp.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "background-snapshot", "state": True}]})
     await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"})
+
+
+async def snapshot_done(qmp: Qmp) -> None:
     deadline = time.monotonic() + MIGRATE_DEADLINE_S
     while True:
         info = await qmp.execute("query-migrate")
@@ -198,8 +210,7 @@ class Replicator:
             return False
         t0, started = time.monotonic(), time.time()
         path = self.dir / "checkpoint.stream"
-        await background_snapshot(qmp, path, self._armed is qmp)
-        self._armed = qmp
+        cut = await self._snapshot(qmp, path)
         t1 = time.monotonic()
         # parsed into the previous image, which becomes this one: the changed pages are
         # found on the way (no second image, no separate diff)
@@ -214,18 +225,46 @@ class Replicator:
             path.unlink(missing_ok=True)
         t2 = time.monotonic()
         await self.ship(snap, targets, qmp,
-                        changed=page_runs(pages) if snap.image is image else None)
+                        changed=page_runs(pages) if snap.image is image else None, disk=cut)
+        if cut is not None:
+            self.last.update(pause_s=round(cut.pause_s, 3),
+                             disk_bytes=cut.inc.bytes if cut.inc else 0)
         self.last.update(started=started, snapshot_s=round(t1 - t0, 3),
                          parse_s=round(t2 - t1, 3),
                          cycle_s=round(time.monotonic() - t0, 3))
+        if cut is not None:  # the closed layer into the overlay, the VM running meanwhile
+            t3 = time.monotonic()
+            await diskckpt.fold(qmp, cut)
+            self.last["fold_s"] = round(time.monotonic() - t3, 3)
         return True
 
+    async def _snapshot(self, qmp: Qmp, path: Path) -> diskckpt.Cut | None:
+        """The memory snapshot into `path`; for a VM with a disk, taken in a pause with
+        the disk cut at the same instant, and the disk's closed layer read."""
+        armed = self._armed is qmp
+        disk = await diskckpt.disk_of(qmp)
+        if disk is None:
+            await background_snapshot(qmp, path, armed)
+            self._armed = qmp
+            return None
+        try:
+            cut = await diskckpt.cut(qmp, disk, self.dir, f"{self.chain}-{self.seq + 1}",
+                                     lambda: start_snapshot(qmp, path, armed))
+            await snapshot_done(qmp)
+            self._armed = qmp
+            cut.inc = await asyncio.to_thread(diskckpt.read_part, cut.closed, False)
+        except BaseException:  # a layer may be closed that no backup got: go full next
+            self._prev = None
+            raise
+        return cut
+
     async def ship(self, snap: Snapshot, targets: list[str], qmp: Qmp | None = None,
-                   changed: list[tuple[int, int]] | None = None) -> None:
+                   changed: list[tuple[int, int]] | None = None,
+                   disk: diskckpt.Cut | None = None) -> None:
         """Frame `snap` for each backup and queue it, along the buffer policy. `changed`:
         its runs of pages that differ from the previous checkpoint, when the caller found
         them (then `snap.image` may be the previous image, patched); else they are
-        computed against the previous image."""
+        computed against the previous image. `disk`: the disk cut at the same instant."""
         self.seq += 1
         prev, seq = self._prev, self.seq
         self.capacity = self._buffer or max(BUFFER_MIN, int(snap.size * BUFFER_OF_IMAGE))
@@ -241,10 +280,12 @@ class Replicator:
         async def frame(full: bool) -> bytes:
             full = full or runs is None or prev is None
             if full not in frames:
+                part = None if disk is None else \
+                    await asyncio.to_thread(disk.full) if full else disk.inc
                 frames[full] = await asyncio.to_thread(
                     encode, self.name, self.chain, seq, 0 if full else seq - 1, snap,
                     None if full else prev.image if prev else None,
-                    None if full else runs)
+                    None if full else runs, part)
             return frames[full]
 
         t1 = time.monotonic()

@@ -37,7 +37,12 @@ from agent.node.vm.policy import DEFAULT_POLICY, Policy, after_handoff
 from agent.node.vm.replica import ReplicaStore
 from agent.node.vm.replicator import Replication, Replicator, Send
 from agent.node.vm.spec import VmPaths, VmSpec
-from agent.node.vm.supervisor import STOP_DEADLINE_S, VmSupervisor, systemd_scopes
+from agent.node.vm.supervisor import (
+    STOP_DEADLINE_S,
+    ResumeDisk,
+    VmSupervisor,
+    systemd_scopes,
+)
 
 log = logging.getLogger("mycelium.vm")
 
@@ -112,7 +117,9 @@ class VmRuntime:
                 sup = VmSupervisor(spec, self.paths(name), self.cache, policy=self.policy,
                                    stop_deadline=self.stop_deadline, qemu=self.qemu,
                                    accel=self.accel, on_change=self.on_change,
-                                   resume=self._resumer(name, self.replicas.get(name)))
+                                   resume=self._resumer(name, self.replicas.get(name)),
+                                   resume_disk=self._disk_resumer(name,
+                                                                  self.replicas.get(name)))
                 self.vms[name] = sup
                 sup.start(after=self._stopping.get(name))
             self._replicate(name, replicate.get(name))
@@ -138,13 +145,24 @@ class VmRuntime:
 
     def _resumer(self, name: str, store: ReplicaStore | None) -> Callable[[Path], int | None]:
         def resume(path: Path) -> int | None:
-            s = store
-            if s is None and (self.replica_root / name).is_dir():
-                s = ReplicaStore(self.replica_root, name)
-                if s.taken_at is None or time.time() - s.taken_at > RESUME_MAX_AGE_S:
-                    return None
+            s = self._store_for(name, store)
             return None if s is None else s.resume_stream(path)
         return resume
+
+    def _disk_resumer(self, name: str, store: ReplicaStore | None) -> ResumeDisk:
+        def resume(stream: Path, disk: Path, base: Path, fmt: str) -> int | None:
+            s = self._store_for(name, store)
+            return None if s is None else s.resume(stream, disk, base, fmt)
+        return resume
+
+    def _store_for(self, name: str, store: ReplicaStore | None) -> ReplicaStore | None:
+        """The checkpoints to resume VM `name` from: those held as its backup, else those
+        on disk when recent enough."""
+        if store is None and (self.replica_root / name).is_dir():
+            store = ReplicaStore(self.replica_root, name)
+            if store.taken_at is None or time.time() - store.taken_at > RESUME_MAX_AGE_S:
+                return None
+        return store
 
     def _replicate(self, name: str, how: Replication | None) -> None:
         """Start or stop the Replicator of VM `name` (None: it has no backups)."""

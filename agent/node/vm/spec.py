@@ -109,7 +109,9 @@ def qemu_argv(spec: VmSpec, paths: VmPaths, accel: str, disk: Path | None,
         if spec.cmdline:
             argv += ["-append", spec.cmdline]
     if disk is not None:
-        argv += ["-drive", f"file={_opt(disk)},format=qcow2,if=virtio,cache=writeback"]
+        # id and node name: what disk replication names in QMP (diskckpt.py)
+        argv += ["-drive", f"file={_opt(disk)},format=qcow2,if=virtio,cache=writeback,"
+                           "id=disk0,node-name=vmdisk"]
     fwd = "".join(f",hostfwd={f.protocol}::{f.port}-:{f.target}" for f in spec.forwards)
     argv += ["-netdev", f"user,id=n0{fwd}", "-device", "e1000,netdev=n0"]
     return argv

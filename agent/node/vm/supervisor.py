@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.errors import MyceliumError, VmError
 from agent.node.vm.accel import choose_accel
-from agent.node.vm.images import prepare_disk
+from agent.node.vm.images import image_format, overlay_base, prepare_disk
 from agent.node.vm.policy import DEFAULT_POLICY, Exits, Policy, State, uptime_s
 from agent.node.vm.qmp import Qmp, QmpError
 from agent.node.vm.spec import VmPaths, VmSpec, in_scope, qemu_argv
@@ -40,6 +40,9 @@ QMP_CONNECT_S = 10.0  # for QEMU to open its QMP socket after launch
 STATUS_EVERY_S = 2.0
 STARTING_EVERY_S = 0.05  # QMP connects and status reads while the VM starts or resumes
 PR_SET_PDEATHSIG = 1
+
+# (stream, disk out, base image, its format) -> seq of the checkpoint written, or None
+ResumeDisk = Callable[[Path, Path, Path, str], int | None]
 
 
 def systemd_scopes() -> bool:
@@ -62,9 +65,11 @@ class VmSupervisor:
                  qemu: str = "qemu-system-x86_64",
                  accel: Callable[[str], Awaitable[str]] = choose_accel,
                  on_change: Callable[[], None] = lambda: None,
-                 resume: Callable[[Path], int | None] = lambda _: None) -> None:
+                 resume: Callable[[Path], int | None] = lambda _: None,
+                 resume_disk: ResumeDisk = lambda *_: None) -> None:
         self.spec, self.paths, self.cache = spec, paths, image_cache
         self._resume = resume  # writes a checkpoint stream to resume from: its seq or None
+        self._resume_disk = resume_disk  # the same with the disk, for a VM with one
         self.boot = "cold"
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self._accel, self._on_change = accel, on_change
@@ -147,10 +152,11 @@ class VmSupervisor:
             if (why := self.paths.too_long()) is not None:
                 return self._set("failed", why)
             self.accel = await self._accel(self.qemu)
+            incoming, disk = await self._incoming(disk)
             argv = qemu_argv(self.spec, self.paths, self.accel, disk, self.qemu)
             if systemd_scopes():
                 argv = in_scope(argv, self.spec.name)
-            argv += await self._incoming()
+            argv += incoming
             ran, why = await self._run_once(argv)
             if self._stop.is_set():
                 break
@@ -158,18 +164,29 @@ class VmSupervisor:
                 return
         self._set("stopped")
 
-    async def _incoming(self) -> list[str]:
+    async def _incoming(self, disk: Path | None) -> tuple[list[str], Path | None]:
         """`-incoming` from the last good checkpoint a backup holds (VM memory
-        replication), or nothing: a cold boot."""
+        replication), or nothing: a cold boot. For a VM with a disk, the checkpoint's
+        disk too (resume.qcow2 over the base image), or a cold boot from `disk`."""
         stream = self.paths.dir / "resume.stream"
+        resumed = self.paths.dir / "resume.qcow2"
         try:
             stream.parent.mkdir(parents=True, exist_ok=True)
-            seq = await asyncio.to_thread(self._resume, stream)
+            seq = await asyncio.to_thread(self._resume, stream) if disk is None else \
+                await asyncio.to_thread(self._resume_with_disk, stream, resumed)
         except (MyceliumError, OSError) as e:
             log.warning("vm %s: no resume from a checkpoint: %s", self.spec.name, e)
             seq = None
         self.boot = "cold" if seq is None else f"resumed from checkpoint {seq}"
-        return [] if seq is None else ["-incoming", f"exec:cat {shlex.quote(str(stream))}"]
+        if seq is None:
+            return [], disk
+        return ["-incoming", f"exec:cat {shlex.quote(str(stream))}"], \
+            disk if disk is None else resumed
+
+    def _resume_with_disk(self, stream: Path, out: Path) -> int | None:
+        base = overlay_base(self.paths)
+        return None if base is None else self._resume_disk(stream, out, base,
+                                                            image_format(base))
 
     async def _after_exit(self, ran: float, why: str) -> bool:
         """Back off before the next start (True), or report failed / stopped (False)."""
@@ -236,8 +253,18 @@ class VmSupervisor:
             if self.state == "starting" and self.qmp_status == "running":
                 self.running_at = time.time()
                 self._set("running")
-            # soon after a resume, so a planned move's pause is measured (and ends) close
-            # to when the guest runs again
+            elif self.state == "starting" and self.qmp_status == "paused" \
+                    and self.boot != "cold":
+                # a checkpoint cut in a pause (a VM with a disk) loads paused
+                try:
+                    await self._qmp.execute("cont")
+                except QmpError as e:
+                    log.warning("vm %s: cont after resume: %s", self.spec.name, e)
+                await asyncio.sleep(0.1)
+                continue
+            # while starting, look often: a resumed VM is running (or paused, to be
+            # continued) a moment after its incoming migration, and a planned move's
+            # pause is measured (and ends) close to when the guest runs again
             await asyncio.sleep(STATUS_EVERY_S if self.state == "running" else STARTING_EVERY_S)
 
     async def _shutdown(self) -> None:
