@@ -20,7 +20,14 @@ from agent.desired.rollout import (
     act,
     step,
 )
-from agent.desired.staged import begin, content_id, content_to_apply, last_good, restarting
+from agent.desired.staged import (
+    begin,
+    content_id,
+    content_to_apply,
+    last_good,
+    previous_content,
+    restarting,
+)
 from agent.gossip.member import MemberView, PeerMeta, ReleaseMeta
 from agent.node.staged import content_views
 
@@ -82,6 +89,20 @@ def test_last_good_is_what_every_node_can_return_to(status, want):
     p = Progress("new", "v2", ("n1",), "old", status=status)
     assert last_good(p) == want
     assert last_good(None) == ""
+
+
+@pytest.mark.parametrize("running, recorded, want", [
+    (["old", "old", "mid"], None, "old"),  # what most nodes run
+    (["new", "old", ""], None, "old"),  # the new content and "nothing yet" do not count
+    (["", ""], None, ""),  # nobody reports: nothing to return to
+    (["", ""], Progress("old", "v2", ("n1",), "", status=DONE), "old"),  # the record
+    (["a", "b"], Progress("b", "v2", ("n1",), "", status=DONE), "b"),  # a tie: the record
+    (["b", "a"], None, "a"),  # a tie without a record: the same answer on every leader
+    # a state that came before the leader recorded the last one: what the nodes run wins
+    (["mid", "mid", "old"], Progress("old", "v2", ("n1",), "", status=DONE), "mid"),
+])
+def test_the_content_a_rollout_starts_from(running, recorded, want):
+    assert previous_content(running, "new", recorded) == want
 
 
 ORDER = ("n2", "n4", "n1", "n3", "n5")

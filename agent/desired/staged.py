@@ -50,6 +50,24 @@ def last_good(p: Progress | None) -> str:
     return p.sha256 if p.status == DONE else p.previous
 
 
+def previous_content(running: list[str], new: str, recorded: Progress | None) -> str:
+    """The content a new rollout of `new` starts from: the one most nodes last applied
+    (`running`, from gossip), as a release rollout starts from the release most run; the
+    last good recorded one breaks a tie and stands in when no node reports one. A state
+    that came before the leader recorded the last one is covered: the nodes say what they
+    run."""
+    counts: dict[str, int] = {}
+    for c in running:
+        if c and c != new:
+            counts[c] = counts.get(c, 0) + 1
+    good = last_good(recorded)
+    if not counts:
+        return good
+    best = max(counts.values())
+    tied = sorted(c for c, n in counts.items() if n == best)
+    return good if good in tied else tied[0]
+
+
 def begin(new: str, version: int, previous: str, changed: tuple[str, ...],
           hosts: dict[str, tuple[str, ...]], now: float) -> Progress:
     """The leader's first record of the rollout of content `new` (state v`version`) over

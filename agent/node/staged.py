@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from agent.desired.model import DesiredState, NodeShare
 from agent.desired.rollout import NodeView, Progress, step, taken
 from agent.desired.schema import parse_state
-from agent.desired.staged import begin, content_to_apply, last_good, restarting
+from agent.desired.staged import begin, content_to_apply, previous_content, restarting
 from agent.errors import DataError
 from agent.gossip.member import MemberView
 from agent.node.events import EventLog
@@ -160,7 +160,8 @@ class StagedChanges:
         now = time.time() if now is None else now
         views = content_views(self.host.members())
         if local is None or local.sha256 != self.host.held_content:
-            previous = last_good(local)
+            previous = previous_content([v.running for v in views.values()],
+                                        self.host.held_content, local)
             old = self.kept(previous)
             changed = (restarting(old, state) if old is not None
                        else tuple(s.name for s in state.endomycetes))  # not kept: assume all
