@@ -72,9 +72,9 @@ def seed_and_push(c: Cluster, version: str, artifact: tuple[Path, str]) -> str:
     return sha
 
 
-@pytest.mark.slow
 def test_waves_then_a_crashing_release_stops_at_the_first_wave(cluster, tmp_path):
-    """python -m pytest -m slow -s tests/test_rollout_cluster.py"""
+    """In the default suite (CI): 104 s here at load 3. No step is timed: each waits for
+    what it needs, with generous limits."""
     rel = {}
     for version, crash in (("0.3.0", False), ("0.3.1", False), ("0.3.2", True)):
         agent_wheel(tmp_path / "wh" / version, version, crash=crash)
