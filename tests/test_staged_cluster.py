@@ -8,6 +8,7 @@ through both waves, paused and resumed by the operator on the way."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def test_a_bad_image_stops_at_the_first_wave_and_rolls_back(cluster):
     assert now[host].get("content_bad") == bad
     out = cli(cluster, "status")
     assert "staged change (restarts web) failed" in out and f"previous content {good}" in out
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--to",
+                          ",".join(cluster.addresses()), "--network", str(cluster.network)],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"staged change of state v{v2} (restarts web): failed, wave 1; {host} failed" in out
 
     # the same mistake under auto_rollback: the first wave's node goes back by itself
     v3, bad2 = push(cluster, "localhost/broken:2", back=True)
