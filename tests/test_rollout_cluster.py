@@ -4,7 +4,8 @@ through its waves (one node, three, all five), recorded in the Primary spore, th
 operator pauses and resumes it, the leader is SIGKILLed on the way and the next one
 finishes it; every node's agent version changes and its watchdog commits it (healthy).
 Then a release whose agent crashes stops at the first wave, that node returns to N by
-itself and no other node changes."""
+itself and no other node changes; and a release whose first wave misses its gate is
+rolled back under `auto_rollback`: the node that ran it returns to N."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ from support.supervise import (
 from support.wheels import agent_wheel
 
 POLICY = "rollout: {waves: [1, 50%, all], healthy_seconds: 3, wave_deadline_seconds: 180}\n"
+# a gate no wave can pass (healthy longer than its deadline): the first wave fails at its
+# deadline after its node took the release, and auto_rollback brings that node back
+NO_GATE = ("rollout: {waves: [1, all], healthy_seconds: 3600, wave_deadline_seconds: 40, "
+           "auto_rollback: true}\n")
 
 
 @pytest.fixture(scope="module")
@@ -64,19 +69,21 @@ def all_on(c: Cluster, sha: str, timeout: float) -> None:
                  what=f"{n.name} on {sha[:12]}")
 
 
-def seed_and_push(c: Cluster, version: str, artifact: tuple[Path, str]) -> str:
+def seed_and_push(c: Cluster, version: str, artifact: tuple[Path, str],
+                  policy: str = POLICY) -> str:
     """The operator seeds n1 with the artifact and pushes a state naming it."""
     path, sha = artifact
     ReleaseStore(Path(c.nodes[0].data_dir) / "releases").add(path)
-    push_release(c, version, sha, POLICY)
+    push_release(c, version, sha, policy)
     return sha
 
 
 def test_waves_then_a_crashing_release_stops_at_the_first_wave(cluster, tmp_path):
-    """In the default suite (CI): 104 s here at load 3. No step is timed: each waits for
-    what it needs, with generous limits."""
+    """In the default suite (CI): 158 s here at load 2.5. No step is timed: each waits
+    for what it needs, with generous limits."""
     rel = {}
-    for version, crash in (("0.3.0", False), ("0.3.1", False), ("0.3.2", True)):
+    for version, crash in (("0.3.0", False), ("0.3.1", False), ("0.3.2", True),
+                           ("0.3.3", False)):
         agent_wheel(tmp_path / "wh" / version, version, crash=crash)
         rel[version] = pack(tmp_path / "wh" / version, tmp_path / "dist")[:2]
     deps = shared_site(tmp_path / "deps")
@@ -143,6 +150,24 @@ def test_waves_then_a_crashing_release_stops_at_the_first_wave(cluster, tmp_path
             if n.name != one:  # nobody else even installed it
                 assert roots[n.name].venv_of(bad) is None and not roots[n.name].bad()
         print("rollout of 0.3.2:", p["status"], p["reason"])
+        # release 0.3.3 runs, but its first wave cannot pass the gate: with auto_rollback
+        # the rollout is rolled_back and the node that took it returns to 0.3.1 by itself
+        later = seed_and_push(cluster, "0.3.3", rel["0.3.3"], NO_GATE)
+        p = wait_for(lambda: progress(cluster) if progress(cluster).get("status") ==
+                     "rolled_back" and progress(cluster).get("sha256") == later else None,
+                     timeout=180, what="the rollout of 0.3.3 to be rolled back")
+        one = p["order"][0]
+        assert p["previous"] == sha and "not healthy within 40 s" in p["reason"], p
+        all_on(cluster, sha, 90)
+        wait_for(lambda: roots[one].read().get("running", {}).get("sha256") == sha,
+                 timeout=60, what=f"{one}'s watchdog to commit its return to 0.3.1")
+        took = roots[one].venv_of(later)  # it ran 0.3.3: installed, then switched from it
+        assert took is not None and roots[one].read()["previous"] == str(took[0])
+        assert not roots[one].bad()[1:]  # nothing new marked bad: this was no crash
+        for n in cluster.nodes:
+            if n.name != one:
+                assert roots[n.name].venv_of(later) is None
+        print("rollout of 0.3.3:", p["status"], p["reason"])
     finally:
         for name, s in sups.items():
             s.stop()

@@ -156,6 +156,10 @@ def test_a_node_still_on_the_previous_content_holds_its_wave():
     assert p.wave == 0 and p.status == RUNNING
     p = step(p, POLICY, gate({}), now=101, kind="state")
     assert p.status == FAILED and "not healthy within 100 s: n2" in p.reason
+    # healthy, but not for long enough before the deadline
+    p = step(prog(), POLICY, gate({"n2": "new"}), now=99, kind="state")
+    p = step(p, POLICY, gate({"n2": "new"}), now=101, kind="state")
+    assert p.reason == "wave 1 not healthy within 100 s (healthy for less than 5 s)"
 
 
 @pytest.mark.parametrize("policy, want", [(POLICY, FAILED), (BACK, ROLLED_BACK)])

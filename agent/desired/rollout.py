@@ -146,8 +146,10 @@ def step(p: Progress, policy: RolloutPolicy, nodes: dict[str, NodeView], now: fl
             return _fail(p, policy, why, now)
     if now - p.wave_started > policy.wave_deadline_seconds:
         late = [n for n, v in zip(wave, views, strict=True) if not _good(v, p.sha256)]
+        who = (f": {', '.join(late)}" if late else
+               f" (healthy for less than {policy.healthy_seconds:g} s)")
         return _fail(p, policy, f"wave {p.wave + 1} not healthy within "
-                     f"{policy.wave_deadline_seconds:g} s: {', '.join(late)}", now)
+                     f"{policy.wave_deadline_seconds:g} s{who}", now)
     if not all(_good(v, p.sha256) for v in views):
         return replace(p, healthy_since=0.0, seq=p.seq + 1) if p.healthy_since else p
     if not p.healthy_since:
