@@ -88,6 +88,7 @@ class HeldState:
         try:
             held = self.node.held()
             if held is not None:
+                self._keep_content(held[0])
                 self._adopt(*held)
         except MyceliumError as e:
             self.version = max(self.version - 1, 0)
@@ -99,10 +100,6 @@ class HeldState:
         self.version = env.version
         self.sha256 = env.sha256
         self.content = content_id(env.payload)
-        try:  # kept for a staged change; a node that cannot keep it applies the new one
-            self.node.write_content(self.content, env.payload)
-        except StorageError as e:
-            log.warning("cannot keep the content of state v%s: %s", env.version, e)
         revoked = set(state.revoked)
         changed = revoked != self.revoked
         self.revoked = revoked
@@ -125,11 +122,20 @@ class HeldState:
             except StorageError as e:
                 raise self._cannot_store(f"state v{env.version}", e) from e
             self.events.solved(STORAGE)
+            await asyncio.to_thread(self._keep_content, env)  # fsync: off the event loop
             self._adopt(env, state)
             self.events.add("state", f"accepted state v{env.version} from {source}",
                             version=env.version)
         self.on_state()
         return env
+
+    def _keep_content(self, env: Envelope) -> None:
+        """Keep the state's content for a staged change (agent/node/staged.py); a node that
+        cannot keep it applies the new state as it is."""
+        try:
+            self.node.write_content(content_id(env.payload), env.payload)
+        except StorageError as e:
+            log.warning("cannot keep the content of state v%s: %s", env.version, e)
 
     def _cannot_store(self, what: str, e: StorageError) -> StorageError:
         """`node n1 cannot store state v5: no space left on device in DIR (free some
