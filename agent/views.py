@@ -14,7 +14,7 @@ thing from the same code, and a table test is given data -> expected lines. Rule
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 LIVE_STATES = ("alive", "suspect")  # members expected to converge on a pushed version
@@ -56,6 +56,9 @@ class MemberRow:
     releases_held: int = 0
     rolled_back: tuple[str, ...] = ()  # sha256 prefixes of releases rolled back there
     releases_used: bool = False  # it runs, holds or rolled back a release
+    # the progress its Raft replica holds of the release rollout and of a staged change
+    rollout: Mapping[str, Any] = field(default_factory=dict)
+    staged: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_api(cls, m: Mapping[str, Any]) -> MemberRow:
@@ -83,7 +86,8 @@ def _release_fields(rel: Mapping[str, Any]) -> dict[str, Any]:
     return {"release": f"{version} ({run[:12] if run else 'built-in'})",
             "releases_held": len(_names(rel.get("held"))),
             "rolled_back": tuple(b[:12] for b in _names(rel.get("bad"))),
-            "releases_used": bool(run or _names(rel.get("held")) or _names(rel.get("bad")))}
+            "releases_used": bool(run or _names(rel.get("held")) or _names(rel.get("bad"))),
+            "rollout": _dict(rel.get("ro")), "staged": _dict(rel.get("cro"))}
 
 
 @dataclass(frozen=True)
@@ -393,6 +397,28 @@ def releases_table(members: Iterable[MemberRow]) -> str:
                                   for m in sorted(members, key=lambda m: m.name))])
 
 
+def rollout_notes(members: Iterable[MemberRow]) -> list[str]:
+    """One line for the release rollout and one for a staged state change, from the
+    newest progress any replica gossips (`mycelium rollout status [--services]` says
+    more)."""
+    members = list(members)
+    lines = []
+    for what, get in (("rollout of release", lambda m: m.rollout),
+                      ("staged change of state", lambda m: m.staged)):
+        found = [get(m) for m in members if get(m)]
+        if not found:
+            continue
+        p = max(found, key=lambda d: _int(d.get("seq")))
+        if what.startswith("staged") and not p.get("services"):
+            continue  # nothing restarted: it was never staged
+        restarts = (f" (restarts {', '.join(_names(p.get('services')))})"
+                    if p.get("services") else "")
+        lines.append(f"{what} {p.get('version')}{restarts}: {p.get('status')}, wave "
+                     f"{_int(p.get('wave')) + 1}" + (f"; {p.get('reason')}"
+                                                     if p.get("reason") else ""))
+    return lines
+
+
 def status_frame(members: Iterable[MemberRow], shares: Sequence[ShareRow], now: float,
                  notes: Sequence[str] = ()) -> str:
     """What `mycelium status` prints (one --watch frame): members, each node's release
@@ -402,6 +428,8 @@ def status_frame(members: Iterable[MemberRow], shares: Sequence[ShareRow], now: 
     text = members_table(members, now)
     if any(m.releases_used for m in members):
         text += f"\n\n{releases_table(members)}"
+    if said := rollout_notes(members):
+        text += "\n\n" + "\n".join(said)
     if shares:
         text += f"\n\n{shares_table(shares, now)}"
     return text + "".join(f"\n{n}" for n in ("", *notes)) if notes else text
@@ -533,6 +561,47 @@ def apply_lines(report: ReportView, target: str) -> list[str]:
     return [*lines, f"{target}: {report.summary()}"]
 
 
+def _progress_line(what: str, policy: Mapping[str, Any], p: Mapping[str, Any],
+                   allowed: Sequence[str]) -> str:
+    waves = [str(w) for w in policy.get("waves") or ()]
+    return (f"{what} {p.get('status')}: wave {_int(p.get('wave')) + 1} "
+            f"({', '.join(allowed) or '-'}) of waves {', '.join(waves)}; gate "
+            f"{policy.get('healthy_seconds')} s healthy, deadline "
+            f"{policy.get('wave_deadline_seconds')} s, auto_rollback "
+            f"{'on' if policy.get('auto_rollback') else 'off'}"
+            + (f"; {p.get('reason')}" if p.get("reason") else ""))
+
+
+def staged_lines(view: Mapping[str, Any]) -> list[str]:
+    """`mycelium rollout status --services`: the staged change of the held state, and the
+    content each node applies (GET /api/v1/rollout?kind=state)."""
+    st, policy, p = _dict(view.get("state")), _dict(view.get("policy")), \
+        _dict(view.get("progress"))
+    cid = str(st.get("content", ""))
+    lines = [f"state v{_int(st.get('version'))} (content {cid or '-'})"]
+    if not policy:
+        lines.append("no rollout policy: every node applies a new state at once")
+    elif not p:
+        lines.append("not recorded yet (the Raft leader records each new state's change)")
+    elif p.get("status") == "done" and not p.get("services"):
+        lines.append(f"nothing staged: {p.get('reason') or 'done'}")
+    else:
+        lines.append(_progress_line(f"staged change (restarts "
+                                    f"{', '.join(_names(p.get('services'))) or '-'})",
+                                    policy, p, _names(view.get("allowed"))))
+        lines.append(f"previous content {p.get('previous') or '-'}")
+    nodes = _dict(view.get("nodes"))
+    rows = [("NODE", "STATE", "APPLIES", "FAILED", "HEALTHY")]
+    for name in sorted(nodes):
+        n = _dict(nodes[name])
+        got = str(n.get("content") or "")
+        rows.append((name, str(n.get("state", "?")),
+                     "new" if got and got == cid else (got or "-"),
+                     ",".join(_names(n.get("bad"))) or "-",
+                     "yes" if n.get("healthy") else "no"))
+    return [*lines, "", table(rows)]
+
+
 def rollout_lines(view: Mapping[str, Any]) -> list[str]:
     """`mycelium rollout status`: the release, the policy, how far the rollout is, and
     each node's release (GET /api/v1/rollout)."""
@@ -547,14 +616,7 @@ def rollout_lines(view: Mapping[str, Any]) -> list[str]:
     elif not p:
         lines.append("rollout not started yet (the Raft leader starts it)")
     else:
-        waves = [str(w) for w in policy.get("waves") or ()]
-        allowed = _names(view.get("allowed"))
-        lines.append(f"rollout {p.get('status')}: wave {_int(p.get('wave')) + 1} "
-                     f"({', '.join(allowed) or '-'}) of waves {', '.join(waves)}; gate "
-                     f"{policy.get('healthy_seconds')} s healthy, deadline "
-                     f"{policy.get('wave_deadline_seconds')} s, auto_rollback "
-                     f"{'on' if policy.get('auto_rollback') else 'off'}"
-                     + (f"; {p.get('reason')}" if p.get("reason") else ""))
+        lines.append(_progress_line("rollout", policy, p, _names(view.get("allowed"))))
     nodes = _dict(view.get("nodes"))
     rows = [("NODE", "STATE", "RUNS", "HOLDS IT", "ROLLED BACK")]
     for name in sorted(nodes):

@@ -173,6 +173,43 @@ def test_cli_create_from_a_wheelhouse_prints_the_sha(wheelhouse: Path, tmp_path:
     assert '"version": "0.2.0"' in shown
 
 
+@pytest.mark.parametrize("arch, want, not_there", [
+    ("aarch64", "manylinux_2_36_aarch64", "x86_64"),
+    ("arm64", "manylinux2014_aarch64", "x86_64"),
+    ("x86_64", "manylinux1_x86_64", "aarch64"),
+])
+def test_platform_tags_for_another_architecture(arch, want, not_there):
+    from agent.authoring.release import platform_args
+
+    args = platform_args(arch)
+    assert want in args and not any(not_there in a for a in args)
+    assert args[::2] == ["--platform"] * (len(args) // 2)
+
+
+def test_create_for_an_unknown_architecture_says_which_exist(tmp_path: Path):
+    from agent.authoring.release import SOURCE, create_release
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown architecture 'riscv64'; use one of "):
+        create_release(tmp_path, None, SOURCE, "riscv64")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_create_for_aarch64(tmp_path: Path):
+    """`release create --arch aarch64` on this x86_64 machine: the agent's wheel built
+    here, every dependency's aarch64 wheel from the package index (needs it; about 30 s
+    with a warm pip cache)."""
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "release", "create", "--arch",
+                          "aarch64", "--out", str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    (tar,) = tmp_path.glob("*.tar")
+    m = read_manifest(tar)
+    assert m.architectures == ("aarch64",) and out.strip().splitlines()[-1] == file_sha256(tar)
+    assert any(n.startswith("cryptography-") and "aarch64" in n for n in m.files)
+    assert not any("x86_64" in n for n in m.files)
+
+
 # --- network.yaml `release:` ---------------------------------------------------------
 
 REL = "schema: 1\nnetwork: {name: home}\nrelease:\n  version: 0.2.0\n  sha256: %s\n"

@@ -4,6 +4,7 @@ updates itself into venvs made by the test and comes back from a release that cr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,55 @@ def test_switch_commit_and_rollback_on_disk(tmp_path: Path):
     assert root.target() == new and root.bad() == ["c" * 64]
     assert root.read()["rolled_back"]["to"] == str(new)
     assert not list(root.path.glob(".current.*"))  # no temp link left behind
+
+
+def test_a_commit_prunes_all_but_current_and_previous(tmp_path: Path):
+    """Venvs (127 MB each) and artifacts of older releases go at the watchdog's commit;
+    the image's own venv, the previous release and an artifact fetched since stay."""
+    root = ReleaseRoot(tmp_path / "opt")
+    fake_venv(root.path / "venv")
+    root.ensure_current()
+    store = tmp_path / "data" / "releases"
+    store.mkdir(parents=True)
+    health = tmp_path / "data" / "health.json"
+
+    def release(v: str, fetched: float) -> Path:
+        venv = fake_venv(root.venv_for(Release(v, v * 64)))
+        (venv / STAMP).write_text(json.dumps({"sha256": v * 64, "version": v}))
+        artifact(v, fetched)
+        return venv
+
+    def artifact(v: str, fetched: float) -> None:
+        (store / f"{v * 64}.tar").write_bytes(b"x")
+        os.utime(store / f"{v * 64}.tar", (fetched, fetched))
+
+    def take(v: str, at: float, healthy: bool = True) -> str:
+        root.switch(Release(v, v * 64), root.venv_for(Release(v, v * 64)), 60, now=at)
+        if healthy:
+            health.write_bytes(Health(v * 64, at + 1, True, True, "ok").to_bytes())
+        return root.watchdog(health, now=at + (2 if healthy else 100), artifacts=store)
+
+    def venvs() -> list[str]:
+        return sorted(p.parent.name[0] for p in root.path.glob("releases/*/venv"))
+
+    def held() -> list[str]:
+        return sorted(p.name[0] for p in store.glob("*.tar"))
+
+    for i, v in enumerate("234"):
+        release(v, fetched=1000 * i + 500)
+        assert take(v, at=1000 * (i + 1)) == "healthy"
+    assert venvs() == ["3", "4"] and held() == ["3", "4"]
+    assert (root.path / "venv").is_dir()  # the image's own, never pruned
+    artifact("1", fetched=1)  # an old copy put here by hand
+    # a switch that is rolled back is no commit: it prunes nothing
+    release("6", fetched=5500)
+    assert take("6", at=6000, healthy=False) == "rollback"
+    assert venvs() == ["3", "4", "6"] and held() == ["1", "3", "4", "6"]
+    # the next commit keeps it (current) and 4 (previous), and 5, fetched since its switch
+    release("7", fetched=8500)
+    artifact("5", fetched=9500)
+    assert take("7", at=9000) == "healthy"
+    assert venvs() == ["4", "7"] and held() == ["4", "5", "7"]
 
 
 def test_running_release_reads_the_venv_stamp(tmp_path: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import socket
 import sys
 import time
@@ -55,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--release-deadline", type=float, default=120.0, metavar="SECONDS",
                    help="a new release that is not healthy this long after the switch is "
                    "rolled back by the watchdog (default: 120)")
+    # tests: a command run instead of `python -m agent.node.apply` (same arguments and
+    # report), so a staged change can fail without containers (tests/support/apply_standin.py)
+    r.add_argument("--apply-command", default="", help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_agent_run)
 
     p = sub.add_parser("join", help="enrol this node (get a certificate) and exit")
@@ -142,7 +146,8 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
                         args.drift_interval, args.seed_spore, args.seed_interval,
                         args.raft_remove_after, release_root=args.release_root,
                         release_site=tuple(args.release_site),
-                        release_deadline=args.release_deadline)
+                        release_deadline=args.release_deadline,
+                        apply_command=tuple(shlex.split(args.apply_command)))
     return asyncio.run(run_agent(args.data_dir, opts, advertise=args.advertise,
                                  token=_token(args.token),
                                  name=args.name or socket.gethostname(),

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--wheelhouse", metavar="DIR", help="use these wheels (e.g. the image "
                    "build's) instead of running pip wheel")
     c.add_argument("--source", metavar="DIR", help="checkout to build the agent wheel from")
+    c.add_argument("--arch", choices=("x86_64", "aarch64"), help="for nodes of this "
+                   "architecture on the images' Python 3.11 (default: this machine's "
+                   "Python and architecture)")
     c.set_defaults(func=cmd_create)
     s = rs.add_parser("show", help="check an artifact and print its manifest")
     s.add_argument("file")
@@ -54,7 +57,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     path, sha, m = create_release(Path(args.out),
                                   Path(args.wheelhouse) if args.wheelhouse else None,
-                                  Path(args.source) if args.source else SOURCE)
+                                  Path(args.source) if args.source else SOURCE, args.arch)
     print(f"wrote {path}\n{_describe(sha, m)}")
     print(sha)
     return 0
@@ -88,7 +91,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     root.ensure_current()
     before = root.read().get("pending") or {}
     verdict = root.watchdog(Path(args.data_dir) / HEALTH, count_start=args.count_start,
-                            max_starts=args.max_starts)
+                            max_starts=args.max_starts,
+                            artifacts=Path(args.data_dir) / "releases")
     what = f"{before.get('version', '')} ({str(before.get('sha256', ''))[:12]})"
     line = {"none": "no release switch pending",
             "wait": f"release {what} pending: not healthy yet",
@@ -114,8 +118,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def register_rollout(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rollout", help="a staged release rollout: status, pause, resume, abort")
+    p = sub.add_parser("rollout", help="a staged rollout of a release (or, with --services, of "
+                       "a state change): status, pause, resume, abort")
     p.add_argument("action", choices=("status", "pause", "resume", "abort"))
+    p.add_argument("--services", action="store_true",
+                   help="the staged state change (a service's new image or manifest) instead "
+                   "of the release rollout")
     p.add_argument("--to", metavar="HOST:PORT,...", help="nodes to ask (default: "
                    "$MYCELIUM_NODES, else the seed spore's bootstrap list)")
     p.add_argument("--network", metavar="DIR")
@@ -130,17 +138,19 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from agent.authoring.netdir import find_network
     from agent.authoring.reach import node_addresses, operator_hypha
     from agent.errors import PeerError
-    from agent.views import rollout_lines
+    from agent.views import rollout_lines, staged_lines
 
     net = find_network(args.network)
     addrs = node_addresses(args.to, net)
+    kind = "state" if args.services else "release"
+    path = f"/api/v1/rollout?kind={kind}"
 
     async def go() -> object:
         async with operator_hypha(net, addrs) as h:
             if args.action == "status":
-                return await h.get("/api/v1/rollout")
+                return await h.get(path)
             errors = []
-            body = json.dumps({"action": args.action}).encode()
+            body = json.dumps({"action": args.action, "kind": kind}).encode()
             status = 0
             for a in addrs:  # only a sclerotium (a Raft replica) can commit it
                 for _ in range(3):  # the leader may move the rollout between read and write
@@ -151,7 +161,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                         errors.append(str(e))
                         break
                     if status == 200:
-                        return await h.get("/api/v1/rollout", addr=a)
+                        return await h.get(path, addr=a)
                     said = str((reply or {}).get("error", status))
                     if "moved meanwhile" not in said:
                         errors.append(f"{a}: {said}")
@@ -164,5 +174,5 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(view, indent=2, sort_keys=True))
     else:
-        print("\n".join(rollout_lines(view)))
+        print("\n".join(staged_lines(view) if args.services else rollout_lines(view)))
     return 0

@@ -50,6 +50,7 @@ class NodePlan:
     waiting: tuple[str, ...] = ()
     share: dict[str, Any] = field(default_factory=dict)
     vm_runtime: VmRuntimeParams | None = None
+    content: str = ""  # content_id of the state planned from (agent/desired/staged.py)
 
     def steps(self) -> list[Step]:
         from recipes import deploys  # pyinfra is loaded only by the apply subprocess
@@ -133,4 +134,5 @@ def plan_from_dict(d: dict[str, Any]) -> NodePlan:
     return NodePlan(d["node"], d["role"], d["version"], tuple(d["components"]), base,
                     AgentParams(**d["agent"]), k3s, containers, tuple(d["waiting"]),
                     d.get("share", {}),
-                    VmRuntimeParams(tuple(vm["packages"])) if vm else None)
+                    VmRuntimeParams(tuple(vm["packages"])) if vm else None,
+                    str(d.get("content", "")))

@@ -53,9 +53,10 @@ class Progress:
     healthy_since: float = 0.0  # 0 while the wave is not all healthy
     reason: str = ""
     seq: int = 1  # every change is a higher seq (the Primary keeps the highest)
+    services: tuple[str, ...] = ()  # a staged state change: the services it restarts
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "order": list(self.order)}
+        return {**asdict(self), "order": list(self.order), "services": list(self.services)}
 
     @classmethod
     def from_dict(cls, d: Any) -> Progress | None:
@@ -66,7 +67,8 @@ class Progress:
                        str(d.get("previous", "")), str(d.get("previous_version", "")),
                        int(d.get("wave", 0)), str(d.get("status", RUNNING)),
                        float(d.get("wave_started", 0)), float(d.get("healthy_since", 0)),
-                       str(d.get("reason", "")), int(d.get("seq", 1)))
+                       str(d.get("reason", "")), int(d.get("seq", 1)),
+                       tuple(map(str, d.get("services") or ())))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -109,8 +111,7 @@ def allowed(p: Progress, policy: RolloutPolicy) -> tuple[str, ...]:
         return p.order
     if p.status in (ABORTED, ROLLED_BACK):
         return ()
-    counts = wave_counts(policy.waves, len(p.order))
-    return p.order[:counts[min(p.wave, len(counts) - 1)]]
+    return taken(p, policy)
 
 
 def may_take(p: Progress | None, policy: RolloutPolicy | None, name: str, sha256: str) -> bool:
@@ -122,8 +123,17 @@ def may_take(p: Progress | None, policy: RolloutPolicy | None, name: str, sha256
     return p.status == DONE or name in allowed(p, policy)
 
 
-def step(p: Progress, policy: RolloutPolicy, nodes: dict[str, NodeView], now: float) -> Progress:
-    """The leader's next move; the same Progress when nothing changes."""
+def taken(p: Progress, policy: RolloutPolicy) -> tuple[str, ...]:
+    """The nodes of the waves reached so far, whatever the status (who took it)."""
+    counts = wave_counts(policy.waves, len(p.order))
+    return p.order[:counts[min(p.wave, len(counts) - 1)]]
+
+
+def step(p: Progress, policy: RolloutPolicy, nodes: dict[str, NodeView], now: float,
+         kind: str = "release") -> Progress:
+    """The leader's next move; the same Progress when nothing changes. `kind`: release,
+    or state (a staged state change, agent/desired/staged.py: `bad` then lists the
+    contents a node failed to apply)."""
     if p.status != RUNNING:
         return p
     counts = wave_counts(policy.waves, len(p.order))
@@ -131,11 +141,15 @@ def step(p: Progress, policy: RolloutPolicy, nodes: dict[str, NodeView], now: fl
     views = [nodes.get(n) for n in wave]
     for name, v in zip(wave, views, strict=True):
         if v is not None and p.sha256 in v.bad:
-            return _fail(p, policy, f"{name} rolled release {p.version} back", now)
+            why = (f"{name} rolled release {p.version} back" if kind == "release"
+                   else f"{name} failed to apply state {p.version}")
+            return _fail(p, policy, why, now)
     if now - p.wave_started > policy.wave_deadline_seconds:
         late = [n for n, v in zip(wave, views, strict=True) if not _good(v, p.sha256)]
+        who = (f": {', '.join(late)}" if late else
+               f" (healthy for less than {policy.healthy_seconds:g} s)")
         return _fail(p, policy, f"wave {p.wave + 1} not healthy within "
-                     f"{policy.wave_deadline_seconds:g} s: {', '.join(late)}", now)
+                     f"{policy.wave_deadline_seconds:g} s{who}", now)
     if not all(_good(v, p.sha256) for v in views):
         return replace(p, healthy_since=0.0, seq=p.seq + 1) if p.healthy_since else p
     if not p.healthy_since:

@@ -62,17 +62,20 @@ class ReleaseMeta:
     held: tuple[str, ...] = ()  # sha256 of the artifacts it serves
     bad: tuple[str, ...] = ()  # releases its watchdog rolled back
     rollout: dict[str, Any] = field(default_factory=dict)  # a Raft leader's rollout progress
+    # the progress of a staged state change its Raft replica holds (agent/desired/staged.py)
+    content_rollout: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, v: Any) -> ReleaseMeta:
         d = _obj(v)
         return cls(_str(d.get("run")), _str(d.get("v")), _shas(d.get("held")),
-                   _shas(d.get("bad")), _obj(d.get("ro")))
+                   _shas(d.get("bad")), _obj(d.get("ro")), _obj(d.get("cro")))
 
     def to_wire(self) -> dict[str, Any]:
         return {"run": self.running, "v": self.version, "held": list(self.held),
                 **({"bad": list(self.bad)} if self.bad else {}),
-                **({"ro": self.rollout} if self.rollout else {})}
+                **({"ro": self.rollout} if self.rollout else {}),
+                **({"cro": self.content_rollout} if self.content_rollout else {})}
 
 
 def _shas(v: Any) -> tuple[str, ...]:

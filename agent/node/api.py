@@ -82,9 +82,10 @@ class NodeHost(Protocol):
     def release_serving(self, delta: int) -> bool:
         """Count a download starting (+1: False when at the limit) or ending (-1)."""
 
-    def rollout_view(self) -> dict[str, Any]: ...
+    def rollout_view(self, kind: str = "release") -> dict[str, Any]:
+        """The release rollout, or (kind "state") the staged state change."""
 
-    async def rollout_act(self, action: str) -> dict[str, Any]:
+    async def rollout_act(self, action: str, kind: str = "release") -> dict[str, Any]:
         """pause | resume | abort, committed to the Primary. LookupError without a replica
         or a rollout; ValueError when the action does not apply now."""
 
@@ -101,6 +102,13 @@ class NodeHost(Protocol):
     async def demote(self, proof: str, by: str) -> None:
         """Node `by` says stop: stop the Raft side and forget its secret (a no-op while it
         does not run). TrustError unless `by` leads our Raft view and the proof verifies."""
+
+
+def _rollout_kind(v: Any) -> str:
+    """release (the default) or state (a staged state change); anything else is refused."""
+    if v in (None, "release", "state"):
+        return v or "release"
+    raise ValueError(f"unknown rollout kind {v!r}; use release or state")
 
 
 def routes(agent: NodeHost) -> list[web.RouteDef]:
@@ -281,8 +289,12 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         finally:
             agent.release_serving(-1)
 
-    async def rollout(_: web.Request) -> web.Response:
-        return web.json_response(agent.rollout_view())
+    async def rollout(request: web.Request) -> web.Response:
+        try:
+            kind = _rollout_kind(request.query.get("kind"))
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(agent.rollout_view(kind))
 
     async def rollout_action(request: web.Request) -> web.Response:
         """The operator pauses, resumes or aborts the rollout; a node's certificate must
@@ -292,11 +304,12 @@ def routes(agent: NodeHost) -> list[web.RouteDef]:
         except TrustError as e:
             return web.json_response({"error": str(e)}, status=403)
         try:
-            action = (await read_json(request)).get("action")
+            body = await read_json(request)
+            action, kind = body.get("action"), _rollout_kind(body.get("kind"))
         except (ValueError, AttributeError) as e:
             return web.json_response({"error": f"bad rollout request: {e}"}, status=400)
         try:
-            return web.json_response(await agent.rollout_act(str(action)))
+            return web.json_response(await agent.rollout_act(str(action), kind))
         except LookupError as e:
             return web.json_response({"error": str(e).strip("'")}, status=404)
         except (ValueError, TypeError) as e:

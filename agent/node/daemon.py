@@ -69,6 +69,7 @@ from agent.node.releases import ReleaseStore
 from agent.node.rollout import RolloutDriver
 from agent.node.seed import SeedLog
 from agent.node.selfupdate import HEALTH, RESTART_EXIT, Health, running_release, write_health
+from agent.node.staged import StagedChanges
 from agent.node.updater import Updater
 from agent.node.vm.replicator import backed_up_vms, replicated_vms
 from agent.node.vm.runtime import VmRuntime
@@ -157,6 +158,8 @@ class AgentOptions:
     release_root: str = ""  # where release venvs and `current` live; "" never installs
     release_site: tuple[str, ...] = ()  # shared dependency dirs for release venvs (tests)
     release_deadline: float = RELEASE_DEADLINE  # s a new release has to report healthy
+    # replaces `python -m agent.node.apply` (tests: a stand-in that never changes the host)
+    apply_command: tuple[str, ...] = ()
 
 
 class Agent:
@@ -208,6 +211,7 @@ class Agent:
         # release `current` now points to
         self.restart = asyncio.Event()
         self.rollouts = RolloutDriver(self)  # staged rollouts (agent/node/rollout.py)
+        self.staged = StagedChanges(self, ident.name)  # staged state changes (node/staged.py)
         self.releases = Updater(self, ident.name, ReleaseStore(node.path / "releases"),
                                 running_release(),
                                 install=self._install_release if opts.release_root else None,
@@ -228,6 +232,19 @@ class Agent:
     @property
     def held_sha256(self) -> str:
         return self.held.sha256
+
+    @property
+    def held_content(self) -> str:
+        return self.held.content
+
+    def shares(self) -> dict[str, Any]:
+        return self.held.shares()
+
+    def kept_content(self, cid: str) -> bytes | None:
+        return self.node.read_content(cid)
+
+    def applied_content(self) -> str:
+        return str(self.reconciler.status.get("content") or "") if self.reconciler else ""
 
     async def accept_envelope(self, data: bytes, source: str) -> Envelope:
         return await self.held.accept_envelope(data, source)
@@ -289,10 +306,11 @@ class Agent:
         self._stack.callback(health_task.cancel)
         rollout_task = asyncio.create_task(self._drive_rollout())
         self._stack.callback(rollout_task.cancel)
-        if self.opts.apply_target:
+        if self.opts.apply_target or self.opts.apply_command:
             self.reconciler = await self._stack.enter_async_context(
-                Reconciler(self.node.path, self.opts.apply_target, self.held.make_plan,
-                           self.opts.drift_interval, prepare=self._fetch_k3s_token))
+                Reconciler(self.node.path, self.opts.apply_target or "@local",
+                           self._make_plan, self.opts.drift_interval,
+                           prepare=self._fetch_k3s_token, command=self.opts.apply_command))
         seed_task = asyncio.create_task(self._watch_seed())
         self._stack.callback(seed_task.cancel)
         # VMs stop (cleanly) before the servers above: pushed last, run first
@@ -405,6 +423,7 @@ class Agent:
         if self.reconciler is not None:
             self.reconciler.kick()
         self.releases.kick()
+        self._prune_contents()
 
     async def _announce(self) -> None:
         """Push the new version to a few peers now rather than at the next round."""
@@ -737,25 +756,50 @@ class Agent:
             from agent.node.selfupdate import ReleaseRoot
 
             bad = tuple(ReleaseRoot(Path(self.opts.release_root)).bad()[-8:])
-        return replace(self.releases.meta(), bad=bad, rollout=self.rollouts.local() or {})
+        return replace(self.releases.meta(), bad=bad, rollout=self.rollouts.local() or {},
+                       content_rollout=self.staged.local() or {})
 
     def primary_store(self) -> Any:
         return self.backbone.primary if self.backbone is not None else None
 
-    def rollout_view(self) -> dict[str, Any]:
-        return self.rollouts.view()
+    def rollout_view(self, kind: str = "release") -> dict[str, Any]:
+        return self.staged.view() if kind == "state" else self.rollouts.view()
 
-    async def rollout_act(self, action: str) -> dict[str, Any]:
-        return (await self.rollouts.act(action)).to_dict()
+    async def rollout_act(self, action: str, kind: str = "release") -> dict[str, Any]:
+        driver = self.staged if kind == "state" else self.rollouts
+        return (await driver.act(action)).to_dict()
+
+    def _make_plan(self) -> Any:
+        """The plan of the held state, or of the previous content while a staged change
+        keeps this node on it (agent/node/staged.py)."""
+        chosen, _ = self.staged.pick()
+        return self.held.make_plan(chosen)
+
+    def _prune_contents(self) -> None:
+        """Kept contents: the held one, the one applied, the staged change's previous, and
+        the three newest others."""
+        p = self.staged.progress()
+        keep = {self.held.content, self.applied_content(), self.staged.chosen,
+                *((p.previous,) if p else ())}
+        try:
+            self.node.prune_contents(keep)
+        except OSError as e:  # kept copies only: the next state tries again
+            log.warning("cannot prune kept contents: %s", e)
 
     async def _drive_rollout(self) -> None:
         while True:
+            for tick in (self.rollouts.tick, self.staged.tick):
+                try:
+                    await tick()
+                except MyceliumError as e:  # no leader reachable for the commit: next tick
+                    log.debug("rollout tick: %s", e)
+                except Exception:  # a bad tick must not end the loop
+                    log.exception("rollout tick failed")
             try:
-                await self.rollouts.tick()
-            except MyceliumError as e:  # no leader reachable for the commit: next tick
-                log.debug("rollout tick: %s", e)
-            except Exception:  # a bad tick must not end the loop
-                log.exception("rollout tick failed")
+                if self.reconciler is not None and self.staged.pick()[1]:
+                    self.reconciler.kick()  # a wave came, or the change was rolled back
+            except Exception:
+                log.exception("choosing the content to apply failed")
             await asyncio.sleep(1.0)
 
     async def _revert_release(self) -> None:

@@ -14,6 +14,9 @@ Layout (all written crash-safely):
   api.sock               the agent's read-only API for the node console (0600, no TLS)
   releases/<sha256>.tar  release artifacts this node holds and serves (agent/node/releases.py)
   health.json            ready, gossiping, apply status: for the release watchdog only
+  content/<id>.yaml      the contents of states this node held (verified before they were
+                         kept), so a staged change can apply the previous one
+                         (agent/desired/staged.py); a copy whose id does not match is removed
 
 Every file is read and written through a named method here, so its path, its mode and
 what an unreadable copy means are decided once.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.desired.model import DesiredState
+from agent.desired.staged import content_id
 from agent.errors import CertificateError, ConfigError, DataError
 from agent.raft.secrets import secret_check
 from agent.statefile import VersionStore, atomic_write, read_root_chain
@@ -233,6 +237,46 @@ class NodeDir:
     def write_placement(self, version: int, placement: dict[str, Any]) -> None:
         atomic_write(self.placement_json, dump_json({"version": version,
                                                      "placement": placement}))
+
+    content_dir = property(lambda self: self.path / "content")
+
+    def write_content(self, cid: str, payload: bytes) -> None:
+        """Keep a verified state's content (`cid`: its content_id) for a staged change."""
+        self.content_dir.mkdir(exist_ok=True, mode=PRIVATE_DIR)
+        path = self.content_dir / f"{cid}.yaml"
+        if not path.exists():
+            atomic_write(path, payload, PRIVATE_FILE)
+
+    def read_content(self, cid: str) -> bytes | None:
+        """A kept content, or None when missing or not what its name says (torn, rotten:
+        then it is removed, and the caller says so)."""
+        path = self.content_dir / f"{cid}.yaml"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if content_id(data) != cid:
+            path.unlink(missing_ok=True)
+            raise DataError(f"{path} does not match its name (torn or rotten); removed")
+        return data
+
+    def check_contents(self) -> list[str]:
+        """Remove kept contents that do not match their names; what was removed, as
+        messages naming the files."""
+        said = []
+        for path in sorted(self.content_dir.glob("*.yaml")):
+            try:
+                self.read_content(path.stem)
+            except DataError as e:
+                said.append(str(e))
+        return said
+
+    def prune_contents(self, keep: set[str], newest: int = 3) -> None:
+        """Drop kept contents but those in `keep` and the `newest` others."""
+        files = sorted(self.content_dir.glob("*.yaml"), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+        for path in [p for p in files if p.stem not in keep][newest:]:
+            path.unlink(missing_ok=True)
 
     def read_k3s_token(self) -> str:
         """The K3s token fetched from a sclerotium, or "" when none was."""

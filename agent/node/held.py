@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from agent.desired.model import DesiredState, NodeShare
 from agent.desired.placement import LiveMember, live_members, place
 from agent.desired.plan import NodePlan, NodeSettings, plan_node
 from agent.desired.schema import parse_state
+from agent.desired.staged import content_id
 from agent.errors import DataError, MyceliumError, StorageError
 from agent.gossip.member import MemberView
 from agent.node.datadir import NodeDir, NodeIdentity
@@ -67,11 +68,14 @@ class HeldState:
         self.state: DesiredState | None = None
         self.version = node.store.version()
         self.sha256 = ""
+        self.content = ""  # content_id of the held state (agent/desired/staged.py)
         self.revoked: set[str] = set()
         self.counters = {"refused_envelopes": 0}
         self.last_share: NodeShare | None = None  # the share the last plan was made for
         self._lock = asyncio.Lock()
         self.placement_version, self.placement = load_placement(self.node)
+        for said in node.check_contents():  # before the held state writes its own again
+            events.add("error", f"kept state content refused: {said}")
         self._load_held()
 
     # --- the state --------------------------------------------------------------------
@@ -84,6 +88,7 @@ class HeldState:
         try:
             held = self.node.held()
             if held is not None:
+                self._keep_content(held[0])
                 self._adopt(*held)
         except MyceliumError as e:
             self.version = max(self.version - 1, 0)
@@ -94,6 +99,7 @@ class HeldState:
         self.state = state
         self.version = env.version
         self.sha256 = env.sha256
+        self.content = content_id(env.payload)
         revoked = set(state.revoked)
         changed = revoked != self.revoked
         self.revoked = revoked
@@ -116,11 +122,20 @@ class HeldState:
             except StorageError as e:
                 raise self._cannot_store(f"state v{env.version}", e) from e
             self.events.solved(STORAGE)
+            await asyncio.to_thread(self._keep_content, env)  # fsync: off the event loop
             self._adopt(env, state)
             self.events.add("state", f"accepted state v{env.version} from {source}",
                             version=env.version)
         self.on_state()
         return env
+
+    def _keep_content(self, env: Envelope) -> None:
+        """Keep the state's content for a staged change (agent/node/staged.py); a node that
+        cannot keep it applies the new state as it is."""
+        try:
+            self.node.write_content(content_id(env.payload), env.payload)
+        except StorageError as e:
+            log.warning("cannot keep the content of state v%s: %s", env.version, e)
 
     def _cannot_store(self, what: str, e: StorageError) -> StorageError:
         """`node n1 cannot store state v5: no space left on device in DIR (free some
@@ -202,14 +217,18 @@ class HeldState:
     def k3s_token(self) -> str:
         return self.k3s_token_local() or self.node.read_k3s_token()
 
-    def make_plan(self) -> NodePlan | None:
+    def make_plan(self, content: tuple[str, DesiredState] | None = None) -> NodePlan | None:
+        """This node's plan for the held state, or for `content` (id, state): the previous
+        content a staged change keeps it on (agent/node/staged.py)."""
         share = self.share()
         self.last_share = share
-        if self.state is None or share is None:
+        cid, state = content or (self.content, self.state)
+        if state is None or share is None:
             return None
-        return plan_node(self.state, self.version, self.identity.name, share,
+        plan = plan_node(state, self.version, self.identity.name, share,
                          NodeSettings(AgentParams(data_dir=str(self.node.path),
                                                   listen=self.listen), self.k3s_token()))
+        return replace(plan, content=cid)
 
 
 def verified_state(data: bytes, root: Root, held: int) -> tuple[Envelope, DesiredState]:

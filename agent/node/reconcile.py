@@ -40,9 +40,13 @@ class Reconciler:
 
     def __init__(self, data_dir: Path, target: str, make_plan: Callable[[], NodePlan | None],
                  drift_interval: float = DRIFT_INTERVAL,
-                 prepare: Callable[[], Awaitable[None]] | None = None) -> None:
-        """`prepare` runs before each plan: it fetches what the plan needs from the network."""
+                 prepare: Callable[[], Awaitable[None]] | None = None,
+                 command: tuple[str, ...] = ()) -> None:
+        """`prepare` runs before each plan: it fetches what the plan needs from the network.
+        `command` replaces `python -m agent.node.apply` (a test's stand-in; same arguments,
+        same report)."""
         self.prepare = prepare
+        self.command = command or (sys.executable, "-m", "agent.node.apply")
         self.dir = data_dir
         self.target = target
         self.make_plan = make_plan
@@ -65,8 +69,9 @@ class Reconciler:
     def summary(self) -> dict[str, Any]:
         """Small enough to ride in every gossip message."""
         s = self.status
-        return {k: s.get(k) for k in ("status", "applied_version", "changed", "failed",
-                                      "duration_s", "components", "waiting")}
+        return {**{k: s.get(k) for k in ("status", "applied_version", "changed", "failed",
+                                         "duration_s", "components", "waiting")},
+                **{k: s[k] for k in ("content", "content_bad") if s.get(k)}}
 
     async def __aenter__(self) -> Reconciler:
         self._task = asyncio.create_task(self._loop(), name="reconcile")
@@ -112,7 +117,7 @@ class Reconciler:
         self._set(status="applying", applying_version=plan.version)
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.node.apply", str(plan_file), self.target,
+            *self.command, str(plan_file), self.target,
             str(report_file), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
         try:
@@ -137,7 +142,11 @@ class Reconciler:
         }
         if ok:
             update["applied_version"] = plan.version
+            update["content"] = plan.content  # what a staged change's gate reads
+            if self.status.get("content_bad") == plan.content:  # a retry got through
+                update["content_bad"] = ""
         else:
+            update["content_bad"] = plan.content
             detail = failed[0]["output"] if failed else out.decode(errors="replace")[-2000:]
             update["failure"] = {"op": failed[0]["name"] if failed else "",
                                  "output": detail[-2000:]}

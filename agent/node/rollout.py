@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -58,6 +59,22 @@ def progress_seen(members: list[MemberView], local: dict[str, Any] | None,
               if m.meta.release.rollout and m.meta.role == "sclerotium"]
     mine = [p for p in found if p is not None and p.sha256 == sha256]
     return max(mine, key=lambda p: p.seq) if mine else None
+
+
+async def commit_action(primary: PrimarySpore | None, progress: Callable[[], Progress | None],
+                        action: str, slot: dict[str, Any], missing: str) -> Progress:
+    """The operator's pause | resume | abort of the progress `progress()` reads, committed
+    to the Primary (in `slot`). LookupError without a replica or a progress (`missing`),
+    ValueError when the action does not apply or the progress moved meanwhile."""
+    if primary is None:
+        raise LookupError("no Raft replica here; ask a sclerotium")
+    cur = progress()
+    if cur is None:
+        raise LookupError(missing)
+    new = act(cur, action, time.time())
+    if not await primary.put_rollout({**new.to_dict(), **slot}):
+        raise ValueError("the rollout moved meanwhile; try again")
+    return new
 
 
 class RolloutDriver:
@@ -120,15 +137,8 @@ class RolloutDriver:
     async def act(self, action: str) -> Progress:
         """The operator's pause | resume | abort, committed to the Primary. LookupError
         without a replica or a rollout, ValueError when the action does not apply."""
-        primary = self.host.primary_store()
-        if primary is None:
-            raise LookupError("no Raft replica here; ask a sclerotium")
-        cur = self.progress()
-        if cur is None:
-            raise LookupError("no rollout of the release network.yaml names is recorded")
-        new = act(cur, action, time.time())
-        if not await primary.put_rollout(new.to_dict()):
-            raise ValueError("the rollout moved meanwhile; try again")
+        new = await commit_action(self.host.primary_store(), self.progress, action, {},
+                                  "no rollout of the release network.yaml names is recorded")
         self.host.events.add("rollout", f"rollout of release {new.version}: {action} by the "
                              "operator")
         return new

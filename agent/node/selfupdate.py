@@ -201,8 +201,9 @@ class ReleaseRoot:
         self.link(venv)
 
     def watchdog(self, health_file: Path, now: float | None = None, count_start: bool = False,
-                 max_starts: int = 0) -> str:
-        """One look at a pending switch: commit it, wait, or roll it back. The verdict."""
+                 max_starts: int = 0, artifacts: Path | None = None) -> str:
+        """One look at a pending switch: commit it, wait, or roll it back. The verdict.
+        A commit prunes what is neither current nor previous (`prune`)."""
         now = time.time() if now is None else now
         d = self.read()
         pending = d.get("pending")
@@ -217,6 +218,7 @@ class ReleaseRoot:
             d["running"] = {"sha256": pending["sha256"], "version": pending["version"]}
             d.pop("pending")
             self.write(d)
+            self.prune(pending, artifacts)
         elif v == "rollback":
             back = pending.get("previous") or ""
             if back:
@@ -227,6 +229,33 @@ class ReleaseRoot:
             d.pop("pending")
             self.write(d)
         return v
+
+
+    def prune(self, committed: dict[str, Any], artifacts: Path | None = None) -> list[str]:
+        """After a commit: remove the release venvs (127 MB each) that are neither the one
+        just committed nor the previous one (R/venv, the image's, is never touched), and
+        the artifacts in `artifacts` (DATA/releases) of neither, except those that came
+        after the switch (a newer release fetched meanwhile). What was removed."""
+        keep_venvs = {Path(p).resolve() for p in (committed["venv"], committed.get("previous"))
+                      if p}
+        keep_shas = {str(committed["sha256"])}
+        keep_shas |= {running_release(str(v)).running for v in keep_venvs}
+        gone = []
+        for venv in sorted(self.path.glob("releases/*/venv")):
+            if venv.resolve() not in keep_venvs:
+                shutil.rmtree(venv.parent, ignore_errors=True)
+                gone.append(str(venv.parent))
+        if artifacts is not None and artifacts.is_dir():
+            since = float(committed.get("switched_at", 0))
+            for tar in sorted(artifacts.glob("*.tar")):
+                try:
+                    fresh = tar.stat().st_mtime >= since
+                except OSError:
+                    continue
+                if tar.stem not in keep_shas and not fresh:
+                    tar.unlink(missing_ok=True)
+                    gone.append(str(tar))
+        return gone
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -63,6 +63,8 @@ class PrimaryStore(SyncObj):
     dynamic: dict[str, str] = {}  # noqa: RUF012 - promoted rhizomorphs: name -> Raft address
     tokens: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 - join token id -> names it admitted
     rollout: dict[str, Any] = {}  # noqa: RUF012 - release rollout progress (agent/desired/rollout.py)
+    # a staged state change's progress (agent/desired/staged.py)
+    content_rollout: dict[str, Any] = {}  # noqa: RUF012
 
     def __init__(self, self_addr: str, others: list[str], secret: bytes, data_dir: Path,
                  **conf: Any) -> None:
@@ -153,11 +155,19 @@ class PrimaryStore(SyncObj):
     @replicated
     def put_rollout(self, progress: dict[str, Any]) -> bool:
         """Record rollout progress; only a higher `seq` (or another release) replaces it,
-        so a stale writer (an old leader, an operator racing the leader) changes nothing."""
-        same = progress.get("sha256") == self.rollout.get("sha256")
-        if same and int(progress.get("seq", 0)) <= int(self.rollout.get("seq", 0)):
+        so a stale writer (an old leader, an operator racing the leader) changes nothing.
+        `kind: state` in the progress puts it in the staged state change's slot (a key in
+        the argument, not a new replicated method: pysyncobj numbers methods by name, and
+        a new one would shift the numbers a node running an older release uses)."""
+        content = progress.get("kind") == "state"
+        held = self.content_rollout if content else self.rollout
+        same = progress.get("sha256") == held.get("sha256")
+        if same and int(progress.get("seq", 0)) <= int(held.get("seq", 0)):
             return False
-        self.rollout = dict(progress)
+        if content:
+            self.content_rollout = dict(progress)
+        else:
+            self.rollout = dict(progress)
         return True
 
     def raft_members(self) -> list[str]:
@@ -248,7 +258,7 @@ class PrimarySpore:
         return {"version": s.version, "sha256": s.sha256, "members": dict(s.members),
                 "placement_version": s.placement_version, "placement": dict(s.placement),
                 "raft_members": s.raft_members(), "dynamic": dict(s.dynamic),
-                "rollout": dict(s.rollout),
+                "rollout": dict(s.rollout), "content_rollout": dict(s.content_rollout),
                 "possibly_stale": not s._isLeader(), "term": self.term(),
                 "election_timeout": s.election_timeout(),
                 "leader": leader.id if leader is not None else ""}

@@ -155,3 +155,13 @@ def enrol_at(addr: str, token: str, name: str) -> tuple[int, dict]:
                 return r.status, await r.json()
 
     return asyncio.run(go())
+
+
+def rollout_cli(c: Cluster, action: str, *flags: str) -> str:
+    """`mycelium rollout ACTION [FLAGS]` against the cluster, as the operator runs it."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "agent.cli", "rollout", action, *flags,
+                           "--to", ",".join(c.addresses()), "--network", str(c.network)],
+                          capture_output=True, text=True, check=True).stdout
