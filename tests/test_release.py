@@ -206,7 +206,7 @@ def test_cli_create_for_aarch64(tmp_path: Path):
     (tar,) = tmp_path.glob("*.tar")
     m = read_manifest(tar)
     assert m.architectures == ("aarch64",) and out.strip().splitlines()[-1] == file_sha256(tar)
-    assert any(n.startswith("cryptography-") and "aarch64" in n for n in m.files)
+    assert any(n.startswith("wheels/cryptography-") and "aarch64" in n for n in m.files)
     assert not any("x86_64" in n for n in m.files)
 
 
