@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,8 @@ from agent.node.vm.console import log_tail
 from agent.node.vm.policy import Exits, Policy
 from agent.node.vm.spec import Forward, VmPaths, VmSpec, qemu_argv
 from agent.node.vm.supervisor import VmSupervisor
-from support.tinyvm import COUNTER, newc, tiny_vm
+from support.checkpoints import counters, wait_until
+from support.tinyvm import newc, tiny_vm
 
 FAST = Policy(quick_s=10.0, quick_exits=3, stable_s=60.0, backoff_min_s=0.3,
               backoff_max_s=1.0)
@@ -76,20 +76,6 @@ def test_newc_archive_layout():
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def wait_until(pred, timeout: float, what: str, show=lambda: None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (v := pred()):
-            return v
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; {show()}")
-
-
-def counters(log: Path) -> list[int]:
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    return [int(x.split()[1]) for x in text.splitlines() if x.startswith(COUNTER + " ")]
 
 
 def test_tiny_vm_runs_and_stops_cleanly(tmp_path):

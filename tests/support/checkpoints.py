@@ -67,14 +67,15 @@ FAST = Policy(quick_s=10.0, quick_exits=3, stable_s=60.0, backoff_min_s=0.3,
               backoff_max_s=1.0)  # a supervisor's restarts, quick for tests
 
 
-async def wait_until(pred, timeout: float, what: str):
-    """pred()'s first true value, polled every 0.1 s; AssertionError after `timeout`."""
+async def wait_until(pred, timeout: float, what: str, show=lambda: ""):
+    """pred()'s first true value, polled every 0.1 s; AssertionError after `timeout`,
+    with what `show()` says."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (v := pred()):
             return v
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}; {show()}")
 
 
 def to_store(store):
