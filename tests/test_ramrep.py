@@ -383,3 +383,22 @@ def test_backup_killed_mid_stream_resumes_or_resyncs(tmp_path):
 
     snaps = asyncio.run(go())
     assert backup["store"].snap.image == snaps[-1].image
+
+
+def test_backup_reports_the_first_frame_of_its_chain(tmp_path):
+    """A backup says how the chain it holds started (API `backups`: `chain_start`): a new
+    primary's chain replaces the old one from its first, full, frame."""
+    from agent.node.vm.replica import ReplicaStore
+
+    store = ReplicaStore(tmp_path, "db")
+    a, b = snap({1: 1}), snap({1: 2, 2: 3})
+    store.offer(frame(chain="c1", seq=1, base=0, snap=a, previous=None))
+    store.offer(frame(chain="c1", seq=2, base=1, snap=b, previous=a.image))
+    s = store.status()
+    assert (s["chain"], s["seq"], s["chain_start"]["seq"], s["chain_start"]["full"]) \
+        == ("c1", 2, 1, True)
+    full = frame(chain="c2", seq=1, base=0, snap=b, previous=None)
+    store.offer(full)
+    assert store.status()["chain_start"] == {"seq": 1, "full": True, "bytes": len(full),
+                                             "at": store.taken_at}
+    assert ReplicaStore(tmp_path, "db").status()["chain_start"] is None  # not kept on disk
