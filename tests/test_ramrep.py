@@ -402,3 +402,20 @@ def test_backup_reports_the_first_frame_of_its_chain(tmp_path):
     assert store.status()["chain_start"] == {"seq": 1, "full": True, "bytes": len(full),
                                              "at": store.taken_at}
     assert ReplicaStore(tmp_path, "db").status()["chain_start"] is None  # not kept on disk
+
+
+def test_only_a_copys_first_start_resumes(tmp_path):
+    """The resumed QEMU exits and is restarted: the restart boots cold (resuming again
+    would roll the guest back to the failover's checkpoint)."""
+    from agent.node.vm.spec import VmPaths, VmSpec
+    from agent.node.vm.supervisor import VmSupervisor
+
+    def resume(path):
+        path.write_bytes(b"stream")
+        return 7
+
+    sup = VmSupervisor(VmSpec("v", 1, 64, kernel="k"), VmPaths(tmp_path / "v"), tmp_path,
+                       resume=resume)
+    assert asyncio.run(sup._incoming())[0] == "-incoming"
+    assert sup.boot == "resumed from checkpoint 7"
+    assert asyncio.run(sup._incoming()) == [] and sup.boot == "cold"

@@ -10,6 +10,8 @@ cannot forward one host port. In the default run; `-s` prints the figures."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -104,3 +106,15 @@ def test_failover_resumes_and_seeds_a_new_backup(cluster: Cluster):
           f"checkpoint {start['seq']}, taken {start['at'] - vm['running_at']:.1f} s after "
           f"the resume; then incrementals (checkpoint {rep['last']['seq']}: "
           f"{rep['last']['wire_bytes'] >> 10} KiB on the wire)")
+
+    # the checkpoint is where this copy started, once: should its QEMU die, the restart
+    # boots cold (resuming again would roll the guest back to the failover's instant)
+    os.kill(vm["pid"], signal.SIGKILL)
+    again = wait_for(lambda: (v := running(cluster, new)) and v["pid"] != vm["pid"] and v,
+                     120, f"tiny restarted on {new}")
+    assert again["boot"] == "cold", again
+
+    def restarted() -> int | None:  # the serial log goes on across QEMU restarts
+        c = counters(serial(cluster, new))
+        return next((c[i] for i in range(1, len(c)) if c[i] < c[i - 1]), None)
+    assert wait_for(restarted, 60, "the counter of the restarted guest") == 1

@@ -160,11 +160,13 @@ class VmSupervisor:
 
     async def _incoming(self) -> list[str]:
         """`-incoming` from the last good checkpoint a backup holds (VM memory
-        replication), or nothing: a cold boot."""
+        replication), or nothing: a cold boot. Only this copy's first start resumes: a
+        restart after its QEMU exited would roll the guest back to that checkpoint."""
         stream = self.paths.dir / "resume.stream"
+        resume, self._resume = self._resume, lambda _: None
         try:
             stream.parent.mkdir(parents=True, exist_ok=True)
-            seq = await asyncio.to_thread(self._resume, stream)
+            seq = await asyncio.to_thread(resume, stream)
         except (MyceliumError, OSError) as e:
             log.warning("vm %s: no resume from a checkpoint: %s", self.spec.name, e)
             seq = None
