@@ -4,7 +4,8 @@ forwarded host port. n1 (the sclerotium, Raft leader) takes the endomycete, so t
 primary and backup are n2 and n3. The primary's agent is SIGKILLed (its QEMU dies with
 it): the backup resumes the VM from its last checkpoint (the counter goes on, never from
 1), the port answers again from the new primary's QEMU, and n1 is placed as the new
-backup and seeded by the new primary with a full checkpoint, then incrementals. Its own
+backup and seeded by the new primary with a full checkpoint, then incrementals. Should
+the resumed QEMU die, its restart boots cold (not from the same checkpoint again). Its own
 cluster: a planned move (tests/test_ramrep_migrate.py) runs two QEMUs at once, which
 cannot forward one host port. In the default run; `-s` prints the figures."""
 
