@@ -419,3 +419,25 @@ def test_only_a_copys_first_start_resumes(tmp_path):
     assert asyncio.run(sup._incoming())[0] == "-incoming"
     assert sup.boot == "resumed from checkpoint 7"
     assert asyncio.run(sup._incoming()) == [] and sup.boot == "cold"
+
+
+def test_a_checkpoint_on_disk_older_than_a_copy_run_here_is_not_resumed(tmp_path):
+    """The node took checkpoints as a backup, then ran the VM (a failover or a move): a
+    later start here (a spec change, the agent restarted) boots cold, not from them."""
+    import os
+
+    from agent.node.vm.replica import ReplicaStore
+    from agent.node.vm.runtime import VmRuntime
+
+    rt = VmRuntime(tmp_path)
+    ReplicaStore(rt.replica_root, "db").offer(frame(seq=1, base=0, previous=None))
+    stream = tmp_path / "resume.stream"
+    assert rt._resumer("db", None)(stream) == 1  # the agent restarted while a backup
+    err = rt.paths("db").stderr
+    err.parent.mkdir(parents=True)
+    err.write_bytes(b"")
+    taken = ReplicaStore(rt.replica_root, "db").taken_at
+    os.utime(err, (taken - 5, taken - 5))  # it ran here before it was a backup
+    assert rt._resumer("db", None)(stream) == 1
+    os.utime(err, (taken + 5, taken + 5))  # and after: its memory moved on here
+    assert rt._resumer("db", None)(stream) is None
