@@ -384,3 +384,79 @@ def test_backup_killed_mid_stream_resumes_or_resyncs(tmp_path):
 
     snaps = asyncio.run(go())
     assert backup["store"].snap.image == snaps[-1].image
+
+
+def test_backup_reports_the_first_frame_of_its_chain(tmp_path):
+    """A backup says how the chain it holds started (API `backups`: `chain_start`): a new
+    primary's chain replaces the old one from its first, full, frame."""
+    from agent.node.vm.replica import ReplicaStore
+
+    store = ReplicaStore(tmp_path, "db")
+    a, b = snap({1: 1}), snap({1: 2, 2: 3})
+    store.offer(frame(chain="c1", seq=1, base=0, snap=a, previous=None))
+    store.offer(frame(chain="c1", seq=2, base=1, snap=b, previous=a.image))
+    s = store.status()
+    assert (s["chain"], s["seq"], s["chain_start"]["seq"], s["chain_start"]["full"]) \
+        == ("c1", 2, 1, True)
+    full = frame(chain="c2", seq=1, base=0, snap=b, previous=None)
+    store.offer(full)
+    assert store.status()["chain_start"] == {"seq": 1, "full": True, "bytes": len(full),
+                                             "at": store.taken_at}
+    assert ReplicaStore(tmp_path, "db").status()["chain_start"] is None  # not kept on disk
+
+
+def test_only_a_copys_first_start_resumes(tmp_path):
+    """The resumed QEMU exits and is restarted: the restart boots cold (resuming again
+    would roll the guest back to the failover's checkpoint)."""
+    from agent.node.vm.spec import VmPaths, VmSpec
+    from agent.node.vm.supervisor import VmSupervisor
+
+    def resume(path):
+        path.write_bytes(b"stream")
+        return 7
+
+    sup = VmSupervisor(VmSpec("v", 1, 64, kernel="k"), VmPaths(tmp_path / "v"), tmp_path,
+                       resume=resume)
+    assert asyncio.run(sup._incoming(None))[0][0] == "-incoming"
+    assert sup.boot == "resumed from checkpoint 7"
+    assert asyncio.run(sup._incoming(None)) == ([], None) and sup.boot == "cold"
+
+
+def test_a_copy_that_resumed_with_its_disk_restarts_cold_on_that_disk(tmp_path):
+    """With a disk, the restart boots cold from resume.qcow2, the disk the guest wrote to
+    since the takeover, not from the node's own overlay (those writes would be lost)."""
+    from agent.node.vm.spec import VmPaths, VmSpec
+    from agent.node.vm.supervisor import VmSupervisor
+
+    sup = VmSupervisor(VmSpec("v", 1, 64, kernel="k"), VmPaths(tmp_path / "v"), tmp_path,
+                       resume_disk=lambda stream, out, base, fmt: 4)
+    sup._resume_with_disk = lambda stream, out: 4  # no base image to fetch here
+    overlay = tmp_path / "v" / "overlay.qcow2"
+    args, disk = asyncio.run(sup._incoming(overlay))
+    assert args[0] == "-incoming" and disk == tmp_path / "v" / "resume.qcow2"
+    assert asyncio.run(sup._incoming(overlay)) == ([], tmp_path / "v" / "resume.qcow2")
+    assert sup.boot == "cold"
+    cold = VmSupervisor(VmSpec("v", 1, 64, kernel="k"), VmPaths(tmp_path / "w"), tmp_path)
+    assert asyncio.run(cold._incoming(overlay)) == ([], overlay)  # never resumed: its own
+
+
+def test_a_checkpoint_on_disk_older_than_a_copy_run_here_is_not_resumed(tmp_path):
+    """The node took checkpoints as a backup, then ran the VM (a failover or a move): a
+    later start here (a spec change, the agent restarted) boots cold, not from them."""
+    import os
+
+    from agent.node.vm.replica import ReplicaStore
+    from agent.node.vm.runtime import VmRuntime
+
+    rt = VmRuntime(tmp_path)
+    ReplicaStore(rt.replica_root, "db").offer(frame(seq=1, base=0, previous=None))
+    stream = tmp_path / "resume.stream"
+    assert rt._resumer("db", None)(stream) == 1  # the agent restarted while a backup
+    err = rt.paths("db").stderr
+    err.parent.mkdir(parents=True)
+    err.write_bytes(b"")
+    taken = ReplicaStore(rt.replica_root, "db").taken_at
+    os.utime(err, (taken - 5, taken - 5))  # it ran here before it was a backup
+    assert rt._resumer("db", None)(stream) == 1
+    os.utime(err, (taken + 5, taken + 5))  # and after: its memory moved on here
+    assert rt._resumer("db", None)(stream) is None

@@ -8,8 +8,6 @@ failed probe, then the suspicion floor)."""
 from __future__ import annotations
 
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from agent.authoring.netdir import NetworkDir
 from agent.cli import main
 from agent.lab.cluster import Cluster, free_port_pair, kill_node
 from support.agents import GOSSIP, api, post_envelope, wait_for
-from support.tinyvm import COUNTER, PAGE, tiny_vm
+from support.tinyvm import COUNTER, PAGE, page, tiny_vm
 
 # The endomycete only weighs the placement: n1 (the sclerotium, Raft leader) takes it,
 # so the VM's primary is n2 and its backup n1. Killing n2 leaves the leader alive to
@@ -85,16 +83,6 @@ def counters(text: str) -> list[int]:
 def logged(log: Path) -> list[int]:
     """The counters in a VM's serial log so far ([] before QEMU made the file)."""
     return counters(log.read_text(errors="replace")) if log.is_file() else []
-
-
-def page(port: int) -> str | None:
-    """The guest's page through the node's forward, or None while it is not served yet
-    (the guest's NIC comes up a few seconds after its counter starts)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
-            return r.read().decode()
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def cli(c: Cluster, capsys, *args: str) -> str:

@@ -28,6 +28,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +154,16 @@ def tiny_vm(cache: Path | None = None, fs: bool = False) -> TinyVM:
         part.write_bytes(gzip.compress(newc(files), 6, mtime=0))
         part.rename(initrd)
     return TinyVM(kernel, initrd)
+
+
+def page(port: int) -> str | None:
+    """The guest's page through the node's forward, or None while it is not served yet
+    (the guest's NIC comes up a few seconds after its counter starts)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            return r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
 
 
 # A state with the tiny VM replicated to one backup. n1 (the sclerotium) takes the

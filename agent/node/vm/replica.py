@@ -56,6 +56,7 @@ class ReplicaStore:
         self.refused = 0
         self.last_refusal = ""
         self.received_bytes = 0
+        self.chain_start: dict[str, Any] | None = None  # the held chain's first frame here
         self._lock = threading.Lock()  # offer() runs in a worker thread
         self._parts = Reassembler()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +77,7 @@ class ReplicaStore:
                         return None
                     frame = whole
                 ck = accept(frame, self.vm, self.held)
+                new_chain = self.held is None or ck.header.chain != self.held.chain
             except FrameError as e:
                 self.refused += 1
                 self.last_refusal = str(e)
@@ -86,6 +88,9 @@ class ReplicaStore:
             self.disk.apply(ck)
             self.received_bytes += len(frame)
             self.taken_at = time.time()
+            if new_chain:  # a new primary's chain must start with a full frame
+                self.chain_start = {"seq": ck.header.seq, "full": ck.header.full,
+                                    "bytes": len(frame), "at": self.taken_at}
             if ck.header.full:
                 self._drop_before(ck.header.seq)
             elif len(self._files()) > COMPACT_AFTER:
@@ -196,6 +201,8 @@ class ReplicaStore:
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         return {"vm": self.vm, "seq": self.held.seq if self.held else None,
+                "chain": self.held.chain if self.held else None,
+                "chain_start": self.chain_start,
                 "age_s": None if self.taken_at is None else round(now - self.taken_at, 1),
                 "refused": self.refused, "last_refusal": self.last_refusal,
                 "received_bytes": self.received_bytes}

@@ -13,7 +13,8 @@ in `backups` gets a ReplicaStore that takes them (`offer`). When a VM this node 
 is placed here, its QEMU resumes from the store's last good checkpoint instead of booting
 cold: from the store kept in memory while it was a backup, or from disk after a restart
 when the checkpoint is under RESUME_MAX_AGE_S old (an older one is not the VM's memory
-any more, someone else ran it since).
+any more, someone else ran it since) and no copy was launched here after it (a spec
+change or an agent restart on the node the VM moved to must not roll it back).
 
 The runtime is an async context manager: leaving it stops every VM (the agent is
 stopping; its VMs would be orphans otherwise).
@@ -160,9 +161,18 @@ class VmRuntime:
         on disk when recent enough."""
         if store is None and (self.replica_root / name).is_dir():
             store = ReplicaStore(self.replica_root, name)
-            if store.taken_at is None or time.time() - store.taken_at > RESUME_MAX_AGE_S:
+            if store.taken_at is None or time.time() - store.taken_at > RESUME_MAX_AGE_S \
+                    or self._ran_since(name, store.taken_at):
                 return None
         return store
+
+    def _ran_since(self, name: str, t: float) -> bool:
+        """A copy of VM `name` was launched here after wall time `t` (each launch makes
+        its stderr file anew): a checkpoint taken before it would roll the guest back."""
+        try:
+            return self.paths(name).stderr.stat().st_mtime >= t
+        except OSError:
+            return False
 
     def _replicate(self, name: str, how: Replication | None) -> None:
         """Start or stop the Replicator of VM `name` (None: it has no backups)."""

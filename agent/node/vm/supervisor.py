@@ -70,6 +70,8 @@ class VmSupervisor:
         self.spec, self.paths, self.cache = spec, paths, image_cache
         self._resume = resume  # writes a checkpoint stream to resume from: its seq or None
         self._resume_disk = resume_disk  # the same with the disk, for a VM with one
+        self._started = False  # QEMU was started once: later starts never resume
+        self._on_resumed_disk = False  # it resumed with resume.qcow2, its disk from then on
         self.boot = "cold"
         self.policy, self.stop_deadline, self.qemu = policy, stop_deadline, qemu
         self._accel, self._on_change = accel, on_change
@@ -167,9 +169,16 @@ class VmSupervisor:
     async def _incoming(self, disk: Path | None) -> tuple[list[str], Path | None]:
         """`-incoming` from the last good checkpoint a backup holds (VM memory
         replication), or nothing: a cold boot. For a VM with a disk, the checkpoint's
-        disk too (resume.qcow2 over the base image), or a cold boot from `disk`."""
+        disk too (resume.qcow2 over the base image), or a cold boot from `disk`. Only this
+        copy's first start resumes: a restart after its QEMU exited would roll the guest
+        back to that checkpoint; it boots cold, from resume.qcow2 if it resumed with it
+        (the disk as the guest left it)."""
         stream = self.paths.dir / "resume.stream"
         resumed = self.paths.dir / "resume.qcow2"
+        if self._started:
+            self.boot = "cold"
+            return [], resumed if disk is not None and self._on_resumed_disk else disk
+        self._started = True
         try:
             stream.parent.mkdir(parents=True, exist_ok=True)
             seq = await asyncio.to_thread(self._resume, stream) if disk is None else \
@@ -180,6 +189,7 @@ class VmSupervisor:
         self.boot = "cold" if seq is None else f"resumed from checkpoint {seq}"
         if seq is None:
             return [], disk
+        self._on_resumed_disk = disk is not None
         return ["-incoming", f"exec:cat {shlex.quote(str(stream))}"], \
             disk if disk is None else resumed
 
