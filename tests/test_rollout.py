@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from agent.desired.model import Release, RolloutPolicy
@@ -173,3 +175,21 @@ def test_progress_is_believed_from_sclerotia_only():
     assert progress_seen([member("r1", "rhizomorph", ahead)], local, NEW) == base
     assert progress_seen([member("h1", "hypha", ahead)], None, NEW) is None
     assert progress_seen([member("s2", "sclerotium", ahead)], local, NEW).wave == 2
+
+
+def test_nodes_that_never_install_are_left_out_of_the_waves():
+    """A node run without --release-root gossips `fixed`: in a wave it would hold the gate
+    until the deadline, so the rollout orders only the others; the wire keeps the flag."""
+    from agent.gossip.member import ReleaseMeta
+
+    nodes = [NodeView(f"n{i}", True, OLD, True, fixed=i in (0, 3)) for i in range(5)]
+    p = start(Release("2", NEW), nodes, now=0)
+    assert sorted(p.order) == ["n1", "n2", "n4"]
+    views = {v.name: replace(v, running=NEW if v.name in p.order else OLD) for v in nodes}
+    p = step(step(p, POLICY, views, 1), POLICY, views, 11)
+    assert p.wave == 1  # wave 1 passed without the fixed nodes
+    assert ReleaseMeta.from_wire(ReleaseMeta(fixed=True).to_wire()).fixed
+    assert not ReleaseMeta.from_wire({"fx": "yes"}).fixed  # only a real true counts
+    alone = start(Release("2", NEW), [NodeView("n0", True, OLD, True, fixed=True)], now=0)
+    assert alone.order == ()  # nobody to wait for: done after the gate's healthy time
+    assert step(step(alone, POLICY, {}, 1), POLICY, {}, 12).status == DONE

@@ -38,6 +38,7 @@ class NodeView:
     running: str  # sha256 of the release it runs
     healthy: bool  # apply not failed
     bad: tuple[str, ...] = ()  # releases its watchdog rolled back
+    fixed: bool = False  # it never installs a release (run without --release-root)
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ def node_order(sha256: str, names: list[str]) -> tuple[str, ...]:
 
 
 def start(want: Release, nodes: list[NodeView], now: float) -> Progress:
+    """A rollout of `want` over the nodes that can install it: one that never does (no
+    --release-root) would hold its wave's gate until the deadline."""
     runs = [v.running for v in nodes if v.running != want.sha256]
     previous = max(set(runs), key=runs.count) if runs else ""
-    return Progress(want.sha256, want.version, node_order(want.sha256,
-                                                          [v.name for v in nodes]),
+    return Progress(want.sha256, want.version,
+                    node_order(want.sha256, [v.name for v in nodes if not v.fixed]),
                     previous, "", 0, RUNNING, now, 0.0)
 
 

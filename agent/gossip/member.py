@@ -64,15 +64,18 @@ class ReleaseMeta:
     rollout: dict[str, Any] = field(default_factory=dict)  # a Raft leader's rollout progress
     # the progress of a staged state change its Raft replica holds (agent/desired/staged.py)
     content_rollout: dict[str, Any] = field(default_factory=dict)
+    fixed: bool = False  # it never installs a release (no --release-root): waves skip it
 
     @classmethod
     def from_wire(cls, v: Any) -> ReleaseMeta:
         d = _obj(v)
         return cls(_str(d.get("run")), _str(d.get("v")), _shas(d.get("held")),
-                   _shas(d.get("bad")), _obj(d.get("ro")), _obj(d.get("cro")))
+                   _shas(d.get("bad")), _obj(d.get("ro")), _obj(d.get("cro")),
+                   d.get("fx") is True)
 
     def to_wire(self) -> dict[str, Any]:
         return {"run": self.running, "v": self.version, "held": list(self.held),
+                **({"fx": True} if self.fixed else {}),
                 **({"bad": list(self.bad)} if self.bad else {}),
                 **({"ro": self.rollout} if self.rollout else {}),
                 **({"cro": self.content_rollout} if self.content_rollout else {})}

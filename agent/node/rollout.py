@@ -44,7 +44,7 @@ def node_views(members: list[MemberView]) -> dict[str, NodeView]:
     """The nodes a rollout covers (not hyphae), as gossip shows them."""
     return {m.name: NodeView(m.name, m.alive, m.meta.release.running,
                              m.meta.apply_status not in ("failed", "degraded"),
-                             m.meta.release.bad)
+                             m.meta.release.bad, m.meta.release.fixed)
             for m in members if m.meta.role != "hypha"}
 
 

@@ -166,7 +166,8 @@ class Updater:
         self._kick.set()
 
     def meta(self) -> ReleaseMeta:
-        return ReleaseMeta(self.running.running, self.running.version, self._held[-8:])
+        return ReleaseMeta(self.running.running, self.running.version, self._held[-8:],
+                           fixed=self.install is None)
 
     def wanted(self) -> Release | None:
         state = self.host.state
